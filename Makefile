@@ -1,0 +1,85 @@
+# Latchkey: `make run` starts everything, `make test` tests everything.
+# Every target installs what it needs first and is safe to run again.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+STATE      := .state
+UV_VERSION := 0.13.8
+UV_HOME    := $(STATE)/tools/uv
+UV         := $(UV_HOME)/bin/uv
+VENV       := .venv
+PY         := $(VENV)/bin/python
+LATCHKEY   := $(VENV)/bin/latchkey
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export LATCHKEY_STATE_DIR ?= $(abspath $(STATE)/dev)
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+# ---- set-up ---------------------------------------------------------------
+$(STATE)/system-deps.stamp: scripts/system-deps.sh
+	@mkdir -p $(STATE)
+	scripts/system-deps.sh
+	@touch $@
+
+$(UV):
+	@mkdir -p $(STATE)/tools
+	python3 -m venv $(UV_HOME)
+	$(UV_HOME)/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --quiet
+	@touch $@
+
+gen/.stamp: $(wildcard protos/latchkey/*/v1/*.proto) scripts/proto.sh $(VENV)/.synced
+	scripts/proto.sh
+	@touch $@
+
+.PHONY: setup
+setup: $(STATE)/system-deps.stamp $(VENV)/.synced gen/.stamp ## install everything (apt, Python env, generated code)
+
+.PHONY: proto
+proto: $(VENV)/.synced ## generate Python code from protos/ into gen/
+	scripts/proto.sh
+	@touch gen/.stamp
+
+.PHONY: certs
+certs: setup ## create the development CA and service certificates (idempotent)
+	$(LATCHKEY) certs init
+
+# ---- the local stack --------------------------------------------------------
+.PHONY: stack-up stack-down stack-status
+stack-up: setup ## start PostgreSQL, Redis and NATS JetStream under .state/dev
+	$(LATCHKEY) stack up
+stack-down: setup ## stop the local stack
+	$(LATCHKEY) stack down
+stack-status: setup ## show the local stack
+	$(LATCHKEY) stack status
+
+# ---- the two commands -----------------------------------------------------
+.PHONY: run
+run: setup certs stack-up ## start the stack and all three services (Ctrl-C stops the services)
+	$(LATCHKEY) migrate
+	$(LATCHKEY) run
+
+.PHONY: test
+test: setup lint ## run the whole test suite against a private stack
+	$(VENV)/bin/pytest
+
+# ---- checks and measurements ----------------------------------------------
+.PHONY: lint
+lint: setup ## buf lint on the contract, ruff on the code
+	scripts/buf-lint.sh
+	$(VENV)/bin/ruff check latchkit services tests
+
+.PHONY: bench
+bench: setup ## latency/throughput benchmark; prints a table, writes bench-results/*.json
+	$(PY) -m bench
+
+.PHONY: clean
+clean: ## stop the stack and remove generated state
+	-$(LATCHKEY) stack down
+	rm -rf $(STATE) gen

@@ -1,0 +1,94 @@
+"""NATS JetStream: connection, and the streams all services agree on.
+
+Two streams, both file-backed:
+- PERMISSIONS (`latchkey.permissions.<event type>`): the outbox relay's output,
+  consumed by the access projector and the audit ingest.
+- DECISIONS (`latchkey.decisions.<door id>`): unlock decisions from the access
+  service, consumed by audit.
+
+`Nats-Msg-Id` is the envelope's event id, so the broker drops a re-publish
+inside `duplicate_window`; past it, consumers are idempotent by event id or
+aggregate version anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import nats
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from latchkit.settings import env_float, env_str
+
+log = logging.getLogger("latchkit.bus")
+
+PERMISSIONS_STREAM = "PERMISSIONS"
+PERMISSIONS_SUBJECT_PREFIX = "latchkey.permissions."
+DECISIONS_STREAM = "DECISIONS"
+DECISIONS_SUBJECT_PREFIX = "latchkey.decisions."
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    url: str
+    duplicate_window_s: float
+    replicas: int = 1
+
+    @classmethod
+    def from_env(cls) -> BusSettings:
+        return cls(
+            url=env_str("LATCHKEY_NATS_URL", "nats://127.0.0.1:54222"),
+            duplicate_window_s=env_float("LATCHKEY_NATS_DUPLICATE_WINDOW_SECONDS", 600.0),
+            replicas=int(env_float("LATCHKEY_NATS_REPLICAS", 1)),
+        )
+
+
+def stream_configs(settings: BusSettings) -> list[StreamConfig]:
+    common = dict(
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=settings.duplicate_window_s,
+        num_replicas=settings.replicas,
+    )
+    return [
+        StreamConfig(name=PERMISSIONS_STREAM, subjects=[PERMISSIONS_SUBJECT_PREFIX + ">"], **common),
+        StreamConfig(name=DECISIONS_STREAM, subjects=[DECISIONS_SUBJECT_PREFIX + ">"], **common),
+    ]
+
+
+async def connect(settings: BusSettings, *, name: str, **options) -> nats.NATS:
+    """Connect with endless reconnects: a broker outage is waited out, never fatal."""
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected", extra={"client": name})
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected", extra={"client": name})
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", extra={"client": name, "error": repr(exc)})
+
+    return await nats.connect(
+        settings.url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+        **options,
+    )
+
+
+async def ensure_streams(js, settings: BusSettings) -> None:
+    """Create each stream, or update it to this config (nats-py never does that by itself)."""
+    for config in stream_configs(settings):
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)

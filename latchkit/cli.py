@@ -1,0 +1,130 @@
+"""`latchkey`: one command line for the local stack, certificates and admin tasks.
+
+Services add their own command groups in `_service_commands` below; nothing
+here connects to anything until a command runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from latchkit import settings as lk_settings
+
+app = typer.Typer(help="Latchkey: access-control backend.", no_args_is_help=True, add_completion=False)
+console = Console()
+
+certs_app = typer.Typer(help="Development CA and mTLS certificates.", no_args_is_help=True)
+stack_app = typer.Typer(help="The local PostgreSQL, Redis and NATS JetStream.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+app.add_typer(stack_app, name="stack")
+
+
+def _certs_dir() -> Path:
+    return Path(lk_settings.env_str("LATCHKEY_CERTS_DIR", str(lk_settings.state_dir() / "certs")))
+
+
+@certs_app.command("init")
+def certs_init() -> None:
+    """Create the dev CA and the built-in identities' certificates (idempotent)."""
+    from latchkit import certs
+
+    issued = certs.ensure_dev_certs(_certs_dir())
+    for cert in issued:
+        console.print(f"issued {cert.uri} -> {cert.cert_file}")
+    console.print(f"certificates in {_certs_dir()}")
+
+
+@certs_app.command("issue")
+def certs_issue(
+    kind: str = typer.Argument(..., help="door, role or service"),
+    name: str = typer.Argument(..., help="door id, role (admin/auditor) or service name"),
+    days: float = typer.Option(365, help="validity in days"),
+    out: Path = typer.Option(None, help="output directory (default: the certs directory)"),
+) -> None:
+    """Issue a certificate for spiffe://latchkey/<kind>/<name> from the dev CA."""
+    from latchkit import certs
+
+    try:
+        cert = certs.issue(_certs_dir(), out or _certs_dir(), kind, name, days=days)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    console.print(f"{cert.uri}\n  cert: {cert.cert_file}\n  key:  {cert.key_file}")
+
+
+def _stack():
+    from latchkit.stack import Stack
+
+    return Stack(lk_settings.state_dir())
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start (or keep) the local stack; prints its URLs."""
+    stack = _stack()
+    stack.up()
+    urls = stack.urls()
+    console.print(f"postgres {urls.postgres_dsn}\nredis    {urls.redis_url}\nnats     {urls.nats_url}")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the local stack (data stays under the state directory)."""
+    _stack().down()
+    console.print("stack stopped")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show each component: running or not, pid, port."""
+    for name, info in _stack().status().items():
+        console.print(f"{name:10} {info}")
+
+
+@app.command("migrate")
+def migrate() -> None:
+    """Apply database migrations and store schemas for every service."""
+    from latchkit.run import migrate_all
+
+    migrate_all()
+
+
+@app.command("run")
+def run() -> None:
+    """Start all three services against the local stack; Ctrl-C stops them."""
+    from latchkit.run import run_all
+
+    raise typer.Exit(run_all(console))
+
+
+@app.command("health")
+def health_cmd() -> None:
+    """Check every service's gRPC health over mTLS."""
+    from latchkit.run import check_health
+
+    ok = check_health(console)
+    raise typer.Exit(0 if ok else 1)
+
+
+def _service_commands() -> None:
+    """Command groups contributed by services (added when the module exists)."""
+    for module, name in (
+        ("services.permissions.cli", "permissions"),
+        ("services.access.cli", "access"),
+        ("services.audit.cli", "audit"),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        app.add_typer(mod.app, name=name)
+
+
+def main() -> None:
+    _service_commands()
+    app()

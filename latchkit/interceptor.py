@@ -1,0 +1,133 @@
+"""One server interceptor for every service: identity, authorization, metrics.
+
+grpc.aio does not expose the peer certificate to an interceptor, so the
+interceptor wraps the method handler and reads `context.auth_context()` inside
+the wrapped behaviour (see CONVENTIONS.md, "Traps").
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+
+import grpc
+
+from latchkit.identity import Principal, current_principal, principal_from_context
+from latchkit.metrics import RPC_LATENCY, RPC_REQUESTS
+
+Policy = Callable[[Principal, str], bool]
+OPEN_METHODS = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    }
+)
+
+
+def allow_any_principal(principal: Principal, method: str) -> bool:
+    return True
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Every call needs a latchkey identity; `policy` decides what that identity may call.
+
+    Health and reflection still need a certificate from our CA (the TLS
+    handshake demands one) but no particular identity.
+    """
+
+    def __init__(self, policy: Policy = allow_any_principal) -> None:
+        self._policy = policy
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        open_method = method in OPEN_METHODS
+        latency = RPC_LATENCY.labels(method)
+        policy = self._policy
+
+        async def check(context) -> bool:
+            principal = principal_from_context(context)
+            if principal is None and not open_method:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no latchkey identity in the client certificate")
+            if not open_method and not policy(principal, method):
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, f"{principal.uri} may not call {method}"
+                )
+            current_principal.set(principal)
+            return True
+
+        def record(context, started: float, failed: bool) -> None:
+            code = context.code() if hasattr(context, "code") else None
+            if code is None:
+                code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            RPC_REQUESTS.labels(method, name).inc()
+            latency.observe(time.perf_counter() - started)
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(request, context):
+                started = time.perf_counter()
+                failed = True
+                try:
+                    await check(context)
+                    response = await inner(request, context)
+                    failed = False
+                    return response
+                finally:
+                    record(context, started, failed)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+            # gRPC forbids mixing `context.write` with yielding, so keep the
+            # handler's own style: async generator, or coroutine that writes.
+            if inspect.isasyncgenfunction(inner_stream):
+
+                async def unary_stream(request, context):
+                    started = time.perf_counter()
+                    failed = True
+                    try:
+                        await check(context)
+                        async for item in inner_stream(request, context):
+                            yield item
+                        failed = False
+                    finally:
+                        record(context, started, failed)
+
+            else:
+
+                async def unary_stream(request, context):
+                    started = time.perf_counter()
+                    failed = True
+                    try:
+                        await check(context)
+                        await inner_stream(request, context)
+                        failed = False
+                    finally:
+                        record(context, started, failed)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream is not None:
+            inner_bidi = handler.stream_stream
+
+            async def stream_stream(request_iterator, context):
+                await check(context)
+                async for item in inner_bidi(request_iterator, context):
+                    yield item
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+

@@ -1,0 +1,128 @@
+"""Run the whole system locally: what `make run` ends with."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
+from rich.table import Table
+
+from latchkit import endpoints
+from latchkit import settings as lk_settings
+from latchkit.tls import channel_credentials
+
+SERVICE_MODULES = {e.service: f"services.{e.service}" for e in endpoints.ALL}
+
+
+def stack_env() -> dict[str, str]:
+    """The environment that points services at the local stack."""
+    from latchkit.stack import Stack
+
+    urls = Stack(lk_settings.state_dir()).urls()
+    return {
+        "LATCHKEY_POSTGRES_DSN": urls.postgres_dsn,
+        "LATCHKEY_REDIS_URL": urls.redis_url,
+        "LATCHKEY_NATS_URL": urls.nats_url,
+        "LATCHKEY_STATE_DIR": str(lk_settings.state_dir()),
+    }
+
+
+def migrate_all() -> None:
+    """Each service that owns a schema exposes `migrations.upgrade(env)`."""
+    env = {**os.environ, **stack_env()}
+    for service in SERVICE_MODULES.values():
+        try:
+            mod = importlib.import_module(f"{service}.migrations")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{service}.migrations":
+                raise
+            continue
+        mod.upgrade(env)
+
+
+def _admin_tls() -> lk_settings.TlsSettings:
+    return lk_settings.TlsSettings.for_identity("admin", prefix="LATCHKEY_CLIENT")
+
+
+def health_of(target: str, timeout: float = 2.0) -> str:
+    with grpc.secure_channel(target, channel_credentials(_admin_tls())) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def check_health(console: Console) -> bool:
+    ok = True
+    for endpoint in endpoints.ALL:
+        status = health_of(endpoint.target)
+        ok &= status == "SERVING"
+        console.print(f"{endpoint.service:12} {endpoint.target:18} {status}")
+    return ok
+
+
+def _wait_healthy(procs: dict[str, subprocess.Popen], deadline_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + deadline_s
+    pending = {e.service: e for e in endpoints.ALL}
+    while pending and time.monotonic() < deadline:
+        for name, endpoint in list(pending.items()):
+            if procs[name].poll() is not None:
+                return False
+            if health_of(endpoint.target, timeout=0.5) == "SERVING":
+                del pending[name]
+        if pending:
+            time.sleep(0.2)
+    return not pending
+
+
+def _summary(console: Console) -> None:
+    certs = lk_settings.state_dir() / "certs"
+    table = Table(title="Latchkey is running (mTLS; certificates in " + str(certs) + ")")
+    for column in ("service", "gRPC endpoint", "metrics (https, client cert)"):
+        table.add_column(column)
+    for e in endpoints.ALL:
+        table.add_row(e.service, e.target, f"https://localhost:{e.default_metrics_port}/metrics")
+    console.print(table)
+    console.print(
+        "Try it (reflection over mTLS):\n"
+        f"  tools/buf/node_modules/.bin/buf curl --protocol grpc "
+        f"--cacert {certs}/ca.pem --cert {certs}/admin.pem --key {certs}/admin-key.pem "
+        f"https://localhost:{endpoints.PERMISSIONS.port}/grpc.health.v1.Health/Check\n"
+        "  .venv/bin/latchkey health\nCtrl-C stops the services; `make stack-down` stops the stack."
+    )
+
+
+def run_all(console: Console) -> int:
+    env = {**os.environ, **stack_env()}
+    procs: dict[str, subprocess.Popen] = {}
+    for name, module in SERVICE_MODULES.items():
+        procs[name] = subprocess.Popen([sys.executable, "-m", module], env=env)
+    try:
+        if not _wait_healthy(procs):
+            console.print("[red]a service did not become healthy; see its log above[/red]")
+            return 1
+        _summary(console)
+        while all(p.poll() is None for p in procs.values()):
+            time.sleep(0.5)
+        console.print("[red]a service exited[/red]")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()

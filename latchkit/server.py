@@ -1,0 +1,128 @@
+"""The gRPC server runner every service uses.
+
+grpc.aio on uvloop, mTLS only, standard health and reflection services, one
+interceptor for identity/authorization/metrics, and a graceful shutdown on
+SIGTERM/SIGINT: health turns NOT_SERVING, in-flight calls get the grace
+period, then the service's own resources close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from latchkit.interceptor import Policy, ServerInterceptor, allow_any_principal
+from latchkit.metrics import serve_metrics
+from latchkit.settings import ServerSettings
+from latchkit.tls import server_credentials
+
+log = logging.getLogger("latchkit.server")
+
+
+def server_options(settings: ServerSettings, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+    return [
+        # A second server on the same port silently steals traffic unless this
+        # is off; only the access service's worker processes turn it on.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # Refuse ping floods: a client may ping at most every 10 s, and is
+        # disconnected after two offences.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+@dataclass
+class ServiceSpec:
+    """What a service contributes to the runner."""
+
+    name: str
+    register: Callable[[grpc.aio.Server], Sequence[str]]
+    """Adds servicers to the server; returns their full service names."""
+    on_stop: Callable[[], Awaitable[None]] | None = None
+    policy: Policy = allow_any_principal
+    reuse_port: bool = False
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: tuple[str, ...]
+    metrics_server: object | None = None
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+
+
+async def start(settings: ServerSettings, spec: ServiceSpec) -> RunningServer:
+    """Start listening; returns once the port is bound and health says SERVING."""
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(spec.policy)],
+        options=server_options(settings, reuse_port=spec.reuse_port),
+    )
+    names = tuple(spec.register(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_secure_port(f"{settings.host}:{settings.port}", server_credentials(settings.tls))
+    if port == 0:
+        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+    await server.start()
+    for name in ("", *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics = serve_metrics(settings.host, settings.metrics_port, settings.tls)
+    running = RunningServer(server, port, health_servicer, names, metrics)
+    running.tasks = [asyncio.create_task(job(), name=f"{spec.name}-bg") for job in spec.background]
+    log.info("serving", extra={"service": spec.name, "port": port, "services": list(names)})
+    return running
+
+
+async def serve_forever(settings: ServerSettings, spec: ServiceSpec) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    running = await start(settings, spec)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
+        await running.stop(settings.grace_seconds)
+        if spec.on_stop is not None:
+            await spec.on_stop()
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    """Run a coroutine on uvloop."""
+    import uvloop
+
+    uvloop.run(main())
