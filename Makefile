@@ -73,7 +73,7 @@ test: setup lint ## run the whole test suite against a private stack
 .PHONY: lint
 lint: setup ## buf lint on the contract, ruff on the code
 	scripts/buf-lint.sh
-	$(VENV)/bin/ruff check latchkit services tests
+	$(VENV)/bin/ruff check latchkit services tests bench
 
 .PHONY: bench
 bench: setup ## latency/throughput benchmark; prints a table, writes bench-results/*.json

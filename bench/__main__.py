@@ -1,0 +1,106 @@
+"""`make bench`: every service's benchmark on one private local stack.
+
+Each `bench/<area>_bench.py` exposes `async def run(...) -> dict` of rows
+`{name: {metric: value}}`. This runner starts the stack and a PKI, runs each
+module, prints one table per area and writes everything to
+bench-results/bench-<timestamp>.json. Figures are to be quoted as ratios
+against the echo floor measured in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import importlib
+import inspect
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from latchkit import certs
+from latchkit.settings import REPO_ROOT
+from latchkit.stack import Stack, StackPorts
+
+AREAS = ("access", "permissions", "audit")
+
+
+def _table(area: str, rows: dict) -> Table:
+    table = Table(title=f"{area} benchmark")
+    metrics: list[str] = []
+    for values in rows.values():
+        for key in values if isinstance(values, dict) else ():
+            if key not in metrics:
+                metrics.append(key)
+    table.add_column("case")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    for name, values in rows.items():
+        if not isinstance(values, dict):
+            table.add_row(name, str(values))
+            continue
+        cells = []
+        for metric in metrics:
+            value = values.get(metric, "")
+            cells.append(f"{value:.3f}" if isinstance(value, float) else str(value))
+        table.add_row(name, *cells)
+    return table
+
+
+async def _run_area(area: str, stack: Stack, pki_dir: Path, state_dir: Path) -> dict | None:
+    try:
+        module = importlib.import_module(f"bench.{area}_bench")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"bench.{area}_bench":
+            raise
+        return None
+    params = inspect.signature(module.run).parameters
+    kwargs = {"stack_urls": stack.urls(), "pki_dir": pki_dir}
+    if "state_dir" in params:
+        kwargs["state_dir"] = state_dir / area
+    return await module.run(**kwargs)
+
+
+async def main(selected: list[str]) -> int:
+    console = Console()
+    state = REPO_ROOT / ".state" / f"bench-{uuid.uuid4().hex[:8]}"
+    stack = Stack(state, StackPorts.free())
+    pki_dir = Path(tempfile.mkdtemp(prefix="lk-bench-pki-"))
+    certs.ensure_dev_certs(pki_dir)
+    results: dict = {
+        "started": dt.datetime.now(dt.UTC).isoformat(),
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
+        "areas": {},
+    }
+    try:
+        stack.up()
+        for area in selected:
+            rows = await _run_area(area, stack, pki_dir, state)
+            if rows is None:
+                console.print(f"[yellow]{area}: no benchmark module yet[/yellow]")
+                continue
+            results["areas"][area] = rows
+            console.print(_table(area, rows))
+    finally:
+        stack.down()
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(pki_dir, ignore_errors=True)
+    out_dir = REPO_ROOT / "bench-results"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"bench-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps(results, indent=2, default=str))
+    console.print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    chosen = [a for a in sys.argv[1:] if a in AREAS] or list(AREAS)
+    raise SystemExit(uvloop.run(main(chosen)))
