@@ -41,7 +41,7 @@ def migrate_all() -> None:
         try:
             mod = importlib.import_module(f"{service}.migrations")
         except ModuleNotFoundError as exc:
-            if exc.name != f"{service}.migrations":
+            if exc.name is None or not f"{service}.migrations".startswith(exc.name):
                 raise
             continue
         mod.upgrade(env)
