@@ -9,7 +9,6 @@ against the echo floor measured in the same run.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import importlib
 import inspect
