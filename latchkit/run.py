@@ -22,16 +22,17 @@ SERVICE_MODULES = {e.service: f"services.{e.service}" for e in endpoints.ALL}
 
 
 def stack_env() -> dict[str, str]:
-    """The environment that points services at the local stack."""
+    """The environment that points services at the local stack (explicit settings win)."""
     from latchkit.stack import Stack
 
     urls = Stack(lk_settings.state_dir()).urls()
-    return {
+    defaults = {
         "LATCHKEY_POSTGRES_DSN": urls.postgres_dsn,
         "LATCHKEY_REDIS_URL": urls.redis_url,
         "LATCHKEY_NATS_URL": urls.nats_url,
         "LATCHKEY_STATE_DIR": str(lk_settings.state_dir()),
     }
+    return {**defaults, **{k: v for k, v in os.environ.items() if k in defaults}}
 
 
 def migrate_all() -> None:
