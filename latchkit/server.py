@@ -84,6 +84,9 @@ async def start(settings: ServerSettings, spec: ServiceSpec) -> RunningServer:
     server = grpc.aio.server(
         interceptors=[ServerInterceptor(spec.policy)],
         options=server_options(settings, reuse_port=spec.reuse_port),
+        # Past this many calls in flight new ones get RESOURCE_EXHAUSTED at
+        # once instead of queueing without bound.
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     names = tuple(spec.register(server))
     health_servicer = health.aio.HealthServicer()

@@ -99,6 +99,7 @@ class ServerSettings:
     grace_seconds: float
     max_message_bytes: int
     tls: TlsSettings
+    max_concurrent_rpcs: int = 2000
 
     @classmethod
     def from_env(
@@ -111,4 +112,5 @@ class ServerSettings:
             grace_seconds=env_float(f"{prefix}_GRACE_SECONDS", 5.0),
             max_message_bytes=env_int(f"{prefix}_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1024),
             tls=TlsSettings.for_identity(identity, prefix=prefix),
+            max_concurrent_rpcs=env_int(f"{prefix}_MAX_CONCURRENT_RPCS", 2000, minimum=1),
         )
