@@ -55,6 +55,18 @@ def certs_issue(
     console.print(f"{cert.uri}\n  cert: {cert.cert_file}\n  key:  {cert.key_file}")
 
 
+@certs_app.command("revoke")
+def certs_revoke(
+    cert_file: Path = typer.Argument(..., help="the PEM certificate to revoke"),
+    note: str = typer.Option("", help="why, kept next to the serial"),
+) -> None:
+    """Refuse a certificate from now on (servers re-read the list without a restart)."""
+    from latchkit.revocation import REVOKED
+
+    serial = REVOKED.revoke(cert_file.read_bytes(), note)
+    console.print(f"revoked serial {serial:x} in {REVOKED.path}")
+
+
 def _stack():
     from latchkit.stack import Stack
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 
 from latchkit.certs import TRUST_DOMAIN
+from latchkit.revocation import REVOKED
 
 _PREFIX = f"spiffe://{TRUST_DOMAIN}/"
 
@@ -37,8 +38,14 @@ current_principal: contextvars.ContextVar[Principal | None] = contextvars.Contex
 
 
 def principal_from_context(context: grpc.aio.ServicerContext) -> Principal | None:
-    """The URI SAN of the peer certificate (gRPC verified its chain during the handshake)."""
+    """The URI SAN of the peer certificate (gRPC verified its chain during the handshake).
+
+    None when the certificate carries no latchkey identity or has been revoked.
+    """
     auth = context.auth_context()
+    pem = auth.get("x509_pem_cert")
+    if pem and REVOKED.is_revoked(pem[0]):
+        return None
     for raw in auth.get("x509_subject_alternative_name", ()):
         principal = Principal.parse(raw.decode() if isinstance(raw, bytes) else raw)
         if principal is not None:
