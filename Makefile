@@ -75,6 +75,10 @@ lint: setup ## buf lint on the contract, ruff on the code
 	scripts/buf-lint.sh
 	$(VENV)/bin/ruff check latchkit services tests bench
 
+.PHONY: fuzz
+fuzz: setup ## the fuzz suite with a large budget (400 inputs per RPC)
+	LATCHKEY_FUZZ_EXAMPLES=$${LATCHKEY_FUZZ_EXAMPLES:-400} $(VENV)/bin/pytest tests/e2e/test_fuzz.py -s
+
 .PHONY: bench
 bench: setup ## latency/throughput benchmark; prints a table, writes bench-results/*.json
 	$(PY) -m bench
