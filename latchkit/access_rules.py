@@ -1,0 +1,108 @@
+"""May this user open this door now, and why: the one decision procedure.
+
+Permissions' `ExplainAccess` (the oracle, over PostgreSQL) and access's
+`Unlock` (over the view) both call `evaluate`, so the two sides cannot drift.
+Pure domain: no I/O, no protobuf. Reason values equal the
+`latchkey.events.v1.DecisionReason` numbers.
+
+Precedence, first match wins: no rule at all -> NO_GRANT; user suspended ->
+USER_SUSPENDED; door in lockdown -> DOOR_LOCKDOWN; any rule open now ->
+GRANTED; otherwise the reason of the first rule (by grant id).
+Schedules are read in the door's time zone, on the wall clock (so a window
+09:00-17:00 stays 09:00-17:00 across a DST change).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import functools
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+
+class Reason(enum.IntEnum):
+    GRANTED = 1
+    NO_GRANT = 2
+    OUTSIDE_SCHEDULE = 3
+    NOT_YET_VALID = 4
+    EXPIRED = 5
+    USER_SUSPENDED = 6
+    DOOR_LOCKDOWN = 7
+    UNKNOWN_CREDENTIAL = 8
+    CREDENTIAL_REVOKED = 9
+    UNKNOWN_USER = 10
+    UNKNOWN_DOOR = 11
+    UNAVAILABLE = 12
+    STALE_VIEW = 13
+    RATE_LIMITED = 14
+    WRONG_DOOR_IDENTITY = 15
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """[start_minute, end_minute) on `day` (1 = Monday ... 7 = Sunday), local time."""
+
+    day: int
+    start_minute: int
+    end_minute: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    grant_id: str
+    via_group_id: str = ""
+    valid_from: dt.datetime | None = None
+    valid_until: dt.datetime | None = None
+    schedule_id: str = ""
+    windows: tuple[Window, ...] = ()
+    """Used only when schedule_id is set."""
+
+    def reason_at(self, at: dt.datetime, zone: ZoneInfo) -> Reason:
+        if self.valid_from is not None and at < self.valid_from:
+            return Reason.NOT_YET_VALID
+        if self.valid_until is not None and at >= self.valid_until:
+            return Reason.EXPIRED
+        if self.schedule_id:
+            local = at.astimezone(zone)
+            day, minute = local.isoweekday(), local.hour * 60 + local.minute
+            if not any(w.day == day and w.start_minute <= minute < w.end_minute for w in self.windows):
+                return Reason.OUTSIDE_SCHEDULE
+        return Reason.GRANTED
+
+
+@dataclass(frozen=True, slots=True)
+class PairAccess:
+    """Everything that decides one (door, user) pair, as of one version."""
+
+    rules: tuple[Rule, ...] = ()
+    user_suspended: bool = False
+    door_lockdown: bool = False
+    time_zone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    granted: bool
+    reason: Reason
+    per_rule: tuple[tuple[Rule, Reason], ...] = ()
+
+
+@functools.lru_cache(maxsize=1024)
+def zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name or "UTC")
+
+
+def evaluate(access: PairAccess | None, at: dt.datetime) -> Verdict:
+    if access is None or not access.rules:
+        return Verdict(False, Reason.NO_GRANT)
+    tz = zone(access.time_zone)
+    per_rule = tuple((rule, rule.reason_at(at, tz)) for rule in sorted(access.rules, key=lambda r: r.grant_id))
+    if access.user_suspended:
+        return Verdict(False, Reason.USER_SUSPENDED, per_rule)
+    if access.door_lockdown:
+        return Verdict(False, Reason.DOOR_LOCKDOWN, per_rule)
+    for _, reason in per_rule:
+        if reason is Reason.GRANTED:
+            return Verdict(True, Reason.GRANTED, per_rule)
+    return Verdict(False, per_rule[0][1], per_rule)

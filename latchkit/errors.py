@@ -1,0 +1,79 @@
+"""Domain errors every service raises, and their one translation to gRPC status.
+
+Use cases raise these; servicers never build status codes by hand. An
+INVALID_ARGUMENT carries a `google.rpc.BadRequest` detail naming the field, so
+a client can point at the exact input that was wrong.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+
+class ServiceError(Exception):
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def trailing_metadata(error: ServiceError) -> tuple[tuple[str, bytes], ...]:
+    """`grpc-status-details-bin` with a BadRequest for field errors (what grpcio-status reads)."""
+    status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=error.message)
+    if isinstance(error, InvalidArgument):
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.reason)
+        ]))
+        status.details.append(detail)
+    return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    await context.abort(error.code, error.message, trailing_metadata=trailing_metadata(error))
+
+
+def handles_errors(method):
+    """Decorator for unary servicer methods: ServiceError -> its status, nothing else leaks."""
+    import functools
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except ServiceError as exc:
+            await abort(context, exc)
+
+    return wrapper
