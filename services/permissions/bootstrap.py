@@ -1,0 +1,39 @@
+"""The composition root of the permissions service: the only place adapters are chosen and built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from latchkey.permissions.v1 import permissions_pb2, permissions_pb2_grpc
+
+from latchkit import authz, secrets
+from latchkit.server import ServiceSpec
+from services.permissions.adapters.postgres import Database
+from services.permissions.grpc_api import PermissionsServicer
+from services.permissions.relay import OutboxRelay
+from services.permissions.settings import PermissionsSettings
+
+
+@dataclass
+class PermissionsApp:
+    settings: PermissionsSettings
+    db: Database
+    relay: OutboxRelay
+    servicer: PermissionsServicer
+
+    def spec(self) -> ServiceSpec:
+        def register(server) -> list[str]:
+            permissions_pb2_grpc.add_PermissionsServiceServicer_to_server(self.servicer, server)
+            return [permissions_pb2.DESCRIPTOR.services_by_name["PermissionsService"].full_name]
+
+        return ServiceSpec(name="permissions", register=register, on_stop=self.db.close,
+                           policy=authz.allowed, background=[self.relay.run])
+
+
+def build(settings: PermissionsSettings | None = None) -> PermissionsApp:
+    """Build (not connect): connections open lazily when the server starts."""
+    settings = settings or PermissionsSettings.from_env()
+    db = Database(settings.postgres_dsn, settings.pool_size)
+    relay = OutboxRelay(settings.postgres_dsn, settings.bus, batch=settings.relay_batch,
+                        poll_seconds=settings.relay_poll_seconds)
+    return PermissionsApp(settings, db, relay, PermissionsServicer(db, secrets.load_hmac_key()))

@@ -1,0 +1,135 @@
+"""The outbox relay: PostgreSQL `outbox` -> JetStream, in revision order, nothing lost.
+
+- One leader: the relay holding a PostgreSQL session advisory lock publishes;
+  others (other replicas) wait for the lock, and take over when the leader's
+  session ends. Several relays with SKIP LOCKED would break per-key order.
+- Wake-ups: LISTEN/NOTIFY is a hint (sent at commit by each write); the relay
+  also polls, so a lost notification costs at most one poll interval.
+- Each round publishes the oldest rows in (revision, idx) order, pipelined,
+  with the event id as `Nats-Msg-Id`, and deletes a row only after its PubAck.
+  A crash between the ack and the delete re-publishes the row; JetStream
+  drops it as a duplicate within the window, consumers by version after it.
+- NATS down: publishing fails, rows stay, writes keep committing; the relay
+  retries with backoff and drains the backlog, in order, once NATS is back.
+  Rows are never relayed by "id > last seen" (see CONVENTIONS.md): the table
+  itself is the queue, so a late commit can never be skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+
+import psycopg
+from prometheus_client import Gauge, Histogram
+
+from latchkit.bus import BusSettings, connect, ensure_streams
+from services.permissions.adapters.postgres import NOTIFY_CHANNEL
+
+log = logging.getLogger("latchkey.permissions.relay")
+RELAY_LOCK_KEY = 740_1001
+BACKLOG = Gauge("latchkey_outbox_backlog", "Outbox rows not yet acknowledged by JetStream")
+PUBLISH_LAG = Histogram("latchkey_outbox_publish_lag_seconds", "Commit to JetStream PubAck",
+                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5, 30))
+LEADER = Gauge("latchkey_outbox_relay_leader", "1 while this process leads the relay")
+
+
+def libpq_dsn(dsn: str) -> str:
+    return dsn.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+class OutboxRelay:
+    def __init__(self, dsn: str, bus: BusSettings, *, batch: int = 256, poll_seconds: float = 0.5) -> None:
+        self.dsn = libpq_dsn(dsn)
+        self.bus = bus
+        self.batch = batch
+        self.poll = poll_seconds
+        self.is_leader = False
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        """Forever: become leader, then relay; any failure drops leadership and retries."""
+        backoff = 0.1
+        while True:
+            try:
+                await self._lead()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the relay must outlive any single failure
+                log.warning("relay round failed; retrying", extra={"error": repr(exc), "backoff": backoff})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                backoff = 0.1
+            finally:
+                self.is_leader = False
+                LEADER.set(0)
+
+    async def _lead(self) -> None:
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            # Blocks until no other relay session holds the lock (it dies or steps down).
+            await conn.execute("SELECT pg_advisory_lock(%s)", (RELAY_LOCK_KEY,))
+            self.is_leader = True
+            LEADER.set(1)
+            log.info("outbox relay is leader")
+            listener = asyncio.create_task(self._listen(), name="outbox-listen")
+            nc = None
+            try:
+                nc = await connect(self.bus, name="permissions-relay", allow_reconnect=False)
+                js = nc.jetstream()
+                await ensure_streams(js, self.bus)
+                while True:
+                    self._wake.clear()
+                    if await self.publish_round(conn, js) == self.batch:
+                        continue
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
+                    except TimeoutError:
+                        if listener.done():
+                            listener.result()  # the listener died: fail this round loudly
+            finally:
+                listener.cancel()
+                if nc is not None:
+                    await nc.close()
+
+    async def _listen(self) -> None:
+        """A second session just for LISTEN: its generator reads every notification."""
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            async for _ in conn.notifies():
+                self._wake.set()
+
+    async def publish_round(self, conn: psycopg.AsyncConnection, js) -> int:
+        rows = await (await conn.execute(
+            "SELECT revision, idx, event_id::text, subject, payload, create_time FROM outbox "
+            "ORDER BY revision, idx LIMIT %s", (self.batch,))).fetchall()
+        if not rows:
+            BACKLOG.set(0)
+            return 0
+        # Pipelined: all sent on one connection in order (JetStream stores them in
+        # that order); acks awaited in order, and only an acked prefix is deleted.
+        futures = [await js.publish_async(subject, bytes(payload), headers={"Nats-Msg-Id": event_id})
+                   for _, _, event_id, subject, payload, _ in rows]
+        acked = 0
+        error: Exception | None = None
+        for future in futures:
+            try:
+                await asyncio.wait_for(future, timeout=5)
+                acked += 1
+            except Exception as exc:  # noqa: BLE001 - stop at the first failure, keep order
+                error = exc
+                break
+        for future in futures[acked:]:
+            future.cancel()
+        if acked:
+            last_rev, last_idx = rows[acked - 1][0], rows[acked - 1][1]
+            await conn.execute("DELETE FROM outbox WHERE (revision, idx) <= (%s, %s)", (last_rev, last_idx))
+            now = dt.datetime.now(dt.UTC)
+            for row in rows[:acked]:
+                PUBLISH_LAG.observe((now - row[5]).total_seconds())
+        backlog = (await (await conn.execute("SELECT count(*) FROM outbox")).fetchone())[0]
+        BACKLOG.set(backlog)
+        if error is not None:
+            raise error
+        return acked
