@@ -1,0 +1,116 @@
+"""The embedded unlock view: SQLite in WAL mode on local disk.
+
+Readers (every worker process) and the one projector share the file; WAL lets
+reads proceed during a write. Point reads take tens of microseconds, so they
+run on the event loop; the projector's batched, fsynced writes run in a
+thread. Versions are compared in SQL (`WHERE excluded.version > version`), so
+a lower version can never overwrite a higher one whatever the order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+from services.access.ports import CredentialRow, PairRow, ViewBatch
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pairs (
+    door_id TEXT NOT NULL, user_id TEXT NOT NULL, version INTEGER NOT NULL, payload BLOB NOT NULL,
+    PRIMARY KEY (door_id, user_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS credentials (
+    credential_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, kind INTEGER NOT NULL, secret_hash BLOB NOT NULL,
+    revoked INTEGER NOT NULL, version INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ix_credentials_secret ON credentials (kind, secret_hash);
+CREATE TABLE IF NOT EXISTS progress (id INTEGER PRIMARY KEY CHECK (id = 1), watermark INTEGER NOT NULL,
+    partial TEXT NOT NULL);
+INSERT OR IGNORE INTO progress VALUES (1, 0, '{}');
+"""
+
+
+class SqliteUnlockView:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._write_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = self._connect()
+        writer.executescript(SCHEMA)
+        self._writer = writer
+        self._reader = self._connect()
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                conn.close()
+        self._reader = self._writer = None
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise RuntimeError("view is not open")
+        return self._reader
+
+    async def apply(self, batch: ViewBatch) -> None:
+        await asyncio.to_thread(self._apply, batch)
+
+    def _apply(self, batch: ViewBatch) -> None:
+        with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                raise RuntimeError("view is not open")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT INTO pairs VALUES (?, ?, ?, ?) ON CONFLICT (door_id, user_id) DO UPDATE SET "
+                    "version = excluded.version, payload = excluded.payload WHERE excluded.version > pairs.version",
+                    [(p.door_id, p.user_id, p.version, p.payload) for p in batch.pairs])
+                conn.executemany(
+                    "INSERT INTO credentials VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (credential_id) DO UPDATE SET "
+                    "user_id = excluded.user_id, kind = excluded.kind, secret_hash = excluded.secret_hash, "
+                    "revoked = excluded.revoked, version = excluded.version "
+                    "WHERE excluded.version > credentials.version",
+                    [(c.credential_id, c.user_id, c.kind, c.secret_hash, int(c.revoked), c.version)
+                     for c in batch.credentials])
+                conn.execute("UPDATE progress SET watermark = max(watermark, ?), partial = ? WHERE id = 1",
+                             (batch.watermark, json.dumps({str(k): v for k, v in batch.partial.items()})))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    async def get_pair(self, door_id: str, user_id: str) -> PairRow | None:
+        row = self._reader_conn().execute(
+            "SELECT version, payload FROM pairs WHERE door_id = ? AND user_id = ?", (door_id, user_id)).fetchone()
+        return PairRow(door_id, user_id, row[0], bytes(row[1])) if row else None
+
+    async def get_credential(self, kind: int, secret_hash: bytes) -> CredentialRow | None:
+        row = self._reader_conn().execute(
+            "SELECT credential_id, user_id, revoked, version FROM credentials WHERE kind = ? AND secret_hash = ? "
+            "ORDER BY revoked ASC, version DESC LIMIT 1", (kind, secret_hash)).fetchone()
+        if row is None:
+            return None
+        return CredentialRow(row[0], row[1], kind, secret_hash, bool(row[2]), row[3])
+
+    async def progress(self) -> tuple[int, dict[int, tuple[int, list[int]]]]:
+        watermark, partial = self._reader_conn().execute(
+            "SELECT watermark, partial FROM progress WHERE id = 1").fetchone()
+        return watermark, {int(k): (v[0], list(v[1])) for k, v in json.loads(partial).items()}
+
+    async def watermark(self) -> int:
+        return self._reader_conn().execute("SELECT watermark FROM progress WHERE id = 1").fetchone()[0]
+
+    async def all_pairs(self) -> list[PairRow]:
+        rows = self._reader_conn().execute("SELECT door_id, user_id, version, payload FROM pairs").fetchall()
+        return [PairRow(r[0], r[1], r[2], bytes(r[3])) for r in rows]

@@ -1,0 +1,76 @@
+"""The composition root of the access service: picks the view, builds Redis, projector, spool."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from latchkey.access.v1 import access_pb2, access_pb2_grpc
+
+from latchkit import authz, secrets
+from latchkit.server import ServiceSpec
+from services.access.adapters.redis_cache import RedisUnlockCache
+from services.access.adapters.sqlite_spool import SqliteDecisionSpool
+from services.access.decisions import DecisionPublisher
+from services.access.domain import DenialThrottle
+from services.access.grpc_api import AccessServicer
+from services.access.ports import UnlockView
+from services.access.projector import Projector
+from services.access.service import UnlockService
+from services.access.settings import AccessSettings
+
+
+def build_view(settings: AccessSettings) -> UnlockView:
+    if settings.view_backend == "scylla":
+        from services.access.adapters.scylla_view import ScyllaUnlockView
+
+        return ScyllaUnlockView(settings.scylla)
+    from services.access.adapters.sqlite_view import SqliteUnlockView
+
+    return SqliteUnlockView(settings.data_dir / "view.sqlite")
+
+
+@dataclass
+class AccessApp:
+    settings: AccessSettings
+    view: UnlockView
+    cache: RedisUnlockCache
+    decisions: DecisionPublisher
+    projector: Projector | None
+    service: UnlockService
+
+    def spec(self) -> ServiceSpec:
+        def register(server) -> list[str]:
+            access_pb2_grpc.add_AccessServiceServicer_to_server(
+                AccessServicer(self.service, self.settings.max_deadline_seconds), server)
+            return [access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name]
+
+        background = [self.decisions.run_writer, self.decisions.run_publisher]
+        if self.projector is not None:
+            background.append(self.projector.run)
+        return ServiceSpec(name="access", register=register, on_stop=self.stop, policy=authz.allowed,
+                           reuse_port=self.settings.workers > 1, background=background)
+
+    async def start(self) -> None:
+        await self.view.open()
+
+    async def stop(self) -> None:
+        await self.decisions.close()
+        await self.cache.close()
+        await self.view.close()
+
+
+def build(settings: AccessSettings | None = None) -> AccessApp:
+    settings = settings or AccessSettings.from_env()
+    view = build_view(settings)
+    cache = RedisUnlockCache(settings.redis_url, settings.cache_ttl_seconds, settings.negative_ttl_seconds)
+    spool = SqliteDecisionSpool(settings.data_dir / f"decisions-{settings.worker_index}.sqlite")
+    decisions = DecisionPublisher(spool, settings.bus)
+    # One logical projector: only worker 0 runs it.
+    projector = Projector(view, cache, settings.bus) if settings.worker_index == 0 else None
+    service = UnlockService(
+        view, cache, decisions, secrets.load_hmac_key(), projector=projector,
+        min_revision_wait=settings.min_revision_wait_seconds,
+        credential_throttle=DenialThrottle(settings.throttle_window_seconds, settings.throttle_credential_denials),
+        door_throttle=DenialThrottle(settings.throttle_window_seconds, settings.throttle_door_denials),
+    )
+    return AccessApp(settings, view, cache, decisions, projector, service)

@@ -1,0 +1,229 @@
+"""Unlock: validate, look up (Redis, else the view), decide, answer; the event leaves off-path.
+
+On any doubt the answer is DENIED: an unknown credential, a missing pair, a
+view and cache that both fail (UNAVAILABLE). The same request_id at the same
+door returns the first answer and is not a second unlock (no second event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+
+from google.protobuf.duration_pb2 import Duration
+from latchkey.access.v1 import access_pb2
+from latchkey.events.v1 import events_pb2 as ev
+
+from latchkit import access_codec, envelope, secrets
+from latchkit.access_rules import Reason, evaluate
+from latchkit.authz import may_unlock
+from latchkit.errors import InvalidArgument, PermissionDenied, Unavailable
+from latchkit.identity import Principal
+from services.access.adapters.redis_cache import RedisUnlockCache, cred_key
+from services.access.decisions import DecisionPublisher
+from services.access.domain import DenialThrottle, ReplayMemory
+from services.access.ports import CredentialRow, PairRow, UnlockView
+from services.access.projector import Projector
+
+log = logging.getLogger("latchkey.access.unlock")
+GRANTED, DENIED = ev.DECISION_GRANTED, ev.DECISION_DENIED
+SECRET_LIMITS = {1: (4, 64), 2: (4, 12), 3: (16, 256)}
+
+
+def _check_id(value: str, field: str) -> None:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if len(value) > 64 or not value.isprintable():
+        raise InvalidArgument(field, "must be at most 64 printable characters")
+
+
+class UnlockService:
+    def __init__(self, view: UnlockView, cache: RedisUnlockCache, decisions: DecisionPublisher,
+                 hmac_key: bytes, *, projector: Projector | None, min_revision_wait: float,
+                 credential_throttle: DenialThrottle, door_throttle: DenialThrottle) -> None:
+        self.view = view
+        self.cache = cache
+        self.decisions = decisions
+        self.hmac_key = hmac_key
+        self.projector = projector
+        self.min_revision_wait = min_revision_wait
+        self.credential_throttle = credential_throttle
+        self.door_throttle = door_throttle
+        self.replays = ReplayMemory()
+        self._decoded: dict[tuple[str, str, int], object] = {}
+        self._background: set[asyncio.Task] = set()
+
+    # ---- revisions ----------------------------------------------------------------
+    async def applied_revision(self) -> int:
+        if self.projector is not None:
+            return self.projector.watermark
+        return await self.view.watermark()
+
+    async def wait_for_revision(self, revision: int, wait_seconds: float) -> int:
+        """The applied revision once it reaches `revision`, or the last seen one at the timeout."""
+        deadline = time.monotonic() + max(wait_seconds, 0.0)
+        applied = await self.applied_revision()
+        while applied < revision and time.monotonic() < deadline:
+            remaining = deadline - time.monotonic()
+            if self.projector is not None:
+                async with self.projector.changed:
+                    try:
+                        await asyncio.wait_for(self.projector.changed.wait(), timeout=remaining)
+                    except TimeoutError:
+                        pass
+            else:
+                # Another process projects: poll its progress in the shared view.
+                await asyncio.sleep(min(0.002, max(remaining, 0)))
+            applied = await self.applied_revision()
+        return applied
+
+    # ---- unlock ---------------------------------------------------------------------
+    def _fire(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def unlock(self, principal: Principal | None, request, time_remaining: float | None):
+        started = time.perf_counter()
+        _check_id(request.door_id, "door_id")
+        if request.request_id and (len(request.request_id) > 64 or not request.request_id.isprintable()):
+            raise InvalidArgument("request_id", "must be at most 64 printable characters")
+        subject = request.WhichOneof("subject")
+        if subject is None:
+            raise InvalidArgument("user_id", "a user_id or a credential is required")
+        secret_hash = b""
+        if subject == "user_id":
+            _check_id(request.user_id, "user_id")
+        else:
+            cred = request.credential
+            if cred.kind not in SECRET_LIMITS:
+                raise InvalidArgument("credential.kind", "must be CARD, PIN or MOBILE")
+            low, high = SECRET_LIMITS[cred.kind]
+            if not low <= len(cred.secret) <= high:
+                raise InvalidArgument("credential.secret", f"must be {low}..{high} characters for this kind")
+            secret_hash = secrets.hash_secret(self.hmac_key, cred.kind, cred.secret)
+        if not may_unlock(principal, request.door_id):
+            self._alarm(principal, "WRONG_DOOR_IDENTITY", request.door_id,
+                        f"{principal.uri if principal else 'unknown'} asked to open door {request.door_id}")
+            raise PermissionDenied(f"this certificate may not open door {request.door_id[:64]}")
+
+        if request.request_id:
+            earlier = self.replays.get(request.door_id, request.request_id)
+            if earlier is not None:
+                return access_pb2.UnlockResponse.FromString(earlier)
+
+        revision = await self.applied_revision()
+        if request.min_revision > revision:
+            wait = min(self.min_revision_wait, max((time_remaining or 0) - 0.05, 0))
+            revision = await self.wait_for_revision(request.min_revision, wait)
+            if revision < request.min_revision:
+                raise Unavailable(f"the view is at revision {revision}, below min_revision "
+                                  f"{request.min_revision}; retry shortly")
+
+        cred_k = cred_key(request.credential.kind, secret_hash) if secret_hash else ""
+        door_key, cred_throttle_key = f"door:{request.door_id}", f"cred:{cred_k}"
+        if self.door_throttle.throttled(door_key) or (cred_k and self.credential_throttle.throttled(cred_throttle_key)):
+            earlier, credential, user_id = None, None, request.user_id
+            decision, reason = DENIED, Reason.RATE_LIMITED
+        else:
+            earlier, decision, reason, credential, user_id = await self._decide(request, cred_k, secret_hash)
+        if earlier is not None:
+            self.replays.put(request.door_id, request.request_id, earlier)
+            return access_pb2.UnlockResponse.FromString(earlier)
+
+        now = dt.datetime.now(dt.UTC)
+        response = access_pb2.UnlockResponse(decision=decision, reason=int(reason), decision_id=str(uuid.uuid4()),
+                                             view_revision=revision, user_id=user_id)
+        response.server_time.FromDatetime(now)
+        if request.request_id:
+            answer = response.SerializeToString()
+            self.replays.put(request.door_id, request.request_id, answer)
+            self._fire(self._remember(request.door_id, request.request_id, answer))
+        if decision == DENIED and reason not in (Reason.RATE_LIMITED, Reason.UNAVAILABLE):
+            if self.door_throttle.deny(door_key):
+                self._alarm(principal, "DOOR_DENIALS_THROTTLED", request.door_id, "repeated denials at this door")
+            if cred_k and self.credential_throttle.deny(cred_throttle_key):
+                self._alarm(principal, "CREDENTIAL_DENIALS_THROTTLED", request.door_id,
+                            "repeated denials of one credential", credential.credential_id if credential else "")
+        self._record(principal, request, response, credential, now, time.perf_counter() - started)
+        return response
+
+    async def _remember(self, door_id: str, request_id: str, answer: bytes) -> None:
+        try:
+            await self.cache.remember_answer(door_id, request_id, answer)
+        except Exception as exc:  # noqa: BLE001 - the in-process memory still has it
+            log.warning("could not store the answer for replay in redis", extra={"error": repr(exc)})
+
+    async def _decide(self, request, cred_k: str, secret_hash: bytes):
+        """(earlier answer, decision, reason, credential, user_id)."""
+        door_id = request.door_id
+        credential: CredentialRow | None = None
+        pair: PairRow | None = None
+        user_id = request.user_id
+        try:
+            earlier, c, p = await self.cache.lookup(door_id, request.user_id, cred_k, request.request_id)
+            if earlier is not None:
+                return earlier, None, None, None, ""
+            redis_ok = True
+        except Exception:  # noqa: BLE001 - Redis down or flushed: the view answers
+            c = p = None
+            redis_ok = False
+        try:
+            if cred_k:
+                if c is not None:
+                    credential = (CredentialRow(c[1].decode(), c[2].decode(), request.credential.kind, secret_hash,
+                                                c[3] == b"1", int(c[0])) if c[1] else None)
+                else:
+                    credential = await self.view.get_credential(request.credential.kind, secret_hash)
+                    if redis_ok:
+                        self._fire(self.cache.fill_credential(cred_k, credential))
+                if credential is None:
+                    return None, DENIED, Reason.UNKNOWN_CREDENTIAL, None, ""
+                user_id = credential.user_id
+                if credential.revoked:
+                    return None, DENIED, Reason.CREDENTIAL_REVOKED, credential, user_id
+            if p is not None:
+                pair = PairRow(door_id, user_id, int(p[0]), p[1] or b"")
+            else:
+                pair = await self.view.get_pair(door_id, user_id)
+                if redis_ok:
+                    self._fire(self.cache.fill_pair(door_id, user_id, pair))
+        except Exception as exc:  # noqa: BLE001 - neither Redis nor the view: deny
+            log.error("unlock view unavailable", extra={"error": repr(exc)})
+            return None, DENIED, Reason.UNAVAILABLE, credential, user_id
+        if pair is None or not pair.payload:
+            return None, DENIED, Reason.NO_GRANT, credential, user_id
+        verdict = evaluate(self._decode(pair), dt.datetime.now(dt.UTC))
+        return None, GRANTED if verdict.granted else DENIED, verdict.reason, credential, user_id
+
+    def _decode(self, pair: PairRow):
+        key = (pair.door_id, pair.user_id, pair.version)
+        access = self._decoded.get(key)
+        if access is None:
+            access = access_codec.from_event(ev.AccessChanged.FromString(pair.payload))
+            if len(self._decoded) > 50_000:
+                self._decoded.clear()
+            self._decoded[key] = access
+        return access
+
+    # ---- events ------------------------------------------------------------------------
+    def _record(self, principal, request, response, credential, now: dt.datetime, latency: float) -> None:
+        event = ev.UnlockDecided(
+            decision_id=response.decision_id, door_id=request.door_id, user_id=response.user_id,
+            credential_id=credential.credential_id if credential else "", request_id=request.request_id,
+            decision=response.decision, reason=response.reason, view_revision=response.view_revision,
+            server_time=response.server_time, decision_latency=Duration(nanos=int(latency * 1e9)),
+        )
+        if request.HasField("controller_time"):
+            event.controller_time.CopyFrom(request.controller_time)
+        self.decisions.record(envelope.build(event, actor=principal.uri if principal else "", occurred_at=now,
+                                             aggregate_key=f"door/{request.door_id}",
+                                             revision=response.view_revision))
+
+    def _alarm(self, principal, kind: str, door_id: str, detail: str, credential_id: str = "") -> None:
+        alarm = ev.SecurityAlarm(kind=kind, door_id=door_id[:64], credential_id=credential_id, detail=detail[:200])
+        self.decisions.record(envelope.build(alarm, actor=principal.uri if principal else "",
+                                             aggregate_key=f"door/{door_id[:64]}"))

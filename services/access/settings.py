@@ -1,0 +1,71 @@
+"""Access service settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from latchkit import endpoints
+from latchkit.bus import BusSettings
+from latchkit.scylla import ScyllaSettings
+from latchkit.settings import ServerSettings, SettingsError, env_float, env_int, env_str, state_dir
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    server: ServerSettings
+    bus: BusSettings
+    scylla: ScyllaSettings
+    redis_url: str
+    """LATCHKEY_REDIS_URL."""
+    workers: int
+    """LATCHKEY_ACCESS_WORKERS: processes sharing the port (default: the number of cores)."""
+    worker_index: int
+    """Set by the service itself for its extra worker processes."""
+    view_backend: str
+    """LATCHKEY_VIEW_BACKEND: embedded (default without Scylla hosts) or scylla."""
+    data_dir: Path
+    """Embedded view and decision spools: $LATCHKEY_STATE_DIR/access."""
+    cache_ttl_seconds: int
+    """LATCHKEY_ACCESS_CACHE_TTL_SECONDS: last bound on a Redis entry's staleness."""
+    negative_ttl_seconds: int
+    """LATCHKEY_ACCESS_NEGATIVE_TTL_SECONDS: how long "no such grant/credential" is cached."""
+    min_revision_wait_seconds: float
+    """LATCHKEY_ACCESS_MIN_REVISION_WAIT_SECONDS: how long Unlock waits for the view to reach min_revision."""
+    max_deadline_seconds: float
+    """LATCHKEY_ACCESS_MAX_DEADLINE_SECONDS: Unlock calls must carry a deadline no longer than this."""
+    throttle_window_seconds: float
+    """LATCHKEY_ACCESS_THROTTLE_WINDOW_SECONDS."""
+    throttle_credential_denials: int
+    """LATCHKEY_ACCESS_THROTTLE_CREDENTIAL_DENIALS: denials of one credential in the window before RATE_LIMITED."""
+    throttle_door_denials: int
+    """LATCHKEY_ACCESS_THROTTLE_DOOR_DENIALS: denials at one door in the window before RATE_LIMITED."""
+
+    @classmethod
+    def from_env(cls) -> AccessSettings:
+        e = endpoints.ACCESS
+        scylla = ScyllaSettings.from_env()
+        backend = env_str("LATCHKEY_VIEW_BACKEND", "scylla" if scylla.hosts else "embedded")
+        if backend not in ("embedded", "scylla"):
+            raise SettingsError(f"LATCHKEY_VIEW_BACKEND={backend!r}: use embedded or scylla")
+        if backend == "scylla" and not scylla.hosts:
+            raise SettingsError("LATCHKEY_VIEW_BACKEND=scylla needs LATCHKEY_SCYLLA_HOSTS")
+        return cls(
+            server=ServerSettings.from_env(e.env_prefix, default_port=e.default_port,
+                                           default_metrics_port=e.default_metrics_port, identity="access"),
+            bus=BusSettings.from_env(),
+            scylla=scylla,
+            redis_url=env_str("LATCHKEY_REDIS_URL", "redis://127.0.0.1:56379/0"),
+            workers=env_int("LATCHKEY_ACCESS_WORKERS", os.cpu_count() or 1, minimum=1),
+            worker_index=env_int("LATCHKEY_ACCESS_WORKER_INDEX", 0, minimum=0),
+            view_backend=backend,
+            data_dir=state_dir() / "access",
+            cache_ttl_seconds=env_int("LATCHKEY_ACCESS_CACHE_TTL_SECONDS", 300, minimum=1),
+            negative_ttl_seconds=env_int("LATCHKEY_ACCESS_NEGATIVE_TTL_SECONDS", 30, minimum=1),
+            min_revision_wait_seconds=env_float("LATCHKEY_ACCESS_MIN_REVISION_WAIT_SECONDS", 2.0),
+            max_deadline_seconds=env_float("LATCHKEY_ACCESS_MAX_DEADLINE_SECONDS", 30.0),
+            throttle_window_seconds=env_float("LATCHKEY_ACCESS_THROTTLE_WINDOW_SECONDS", 60.0),
+            throttle_credential_denials=env_int("LATCHKEY_ACCESS_THROTTLE_CREDENTIAL_DENIALS", 10, minimum=1),
+            throttle_door_denials=env_int("LATCHKEY_ACCESS_THROTTLE_DOOR_DENIALS", 100, minimum=1),
+        )
