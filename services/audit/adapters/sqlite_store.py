@@ -1,0 +1,160 @@
+"""The embedded audit store: SQLite in WAL mode, one hash chain in storage order.
+
+One writer (the ingest) appends in a transaction with synchronous=FULL, so a
+returned `append` is on disk. Readers (AuditLog streams) use their own
+connections in threads: a long read never blocks the event loop or the
+writer. Indexes serve the filters: by door, by user, by type, by time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from services.audit.domain import GENESIS, AuditRecord, ChainBreak, record_hash, verify
+from services.audit.ports import AuditQuery
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, type TEXT NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, user_id TEXT NOT NULL, door_id TEXT NOT NULL, credential_id TEXT NOT NULL,
+    outcome TEXT NOT NULL, reason TEXT NOT NULL, revision INTEGER NOT NULL, source_time_us INTEGER NOT NULL,
+    stored_time_us INTEGER NOT NULL, envelope BLOB NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_events_door ON events (door_id, seq) WHERE door_id <> '';
+CREATE INDEX IF NOT EXISTS ix_events_user ON events (user_id, seq) WHERE user_id <> '';
+CREATE INDEX IF NOT EXISTS ix_events_type ON events (type, seq);
+CREATE INDEX IF NOT EXISTS ix_events_stored ON events (stored_time_us);
+CREATE TABLE IF NOT EXISTS parked (
+    stream TEXT NOT NULL, stream_seq INTEGER NOT NULL, raw BLOB NOT NULL, error TEXT NOT NULL,
+    PRIMARY KEY (stream, stream_seq));
+"""
+COLUMNS = ("seq, event_id, type, actor, action, user_id, door_id, credential_id, outcome, reason, revision, "
+           "source_time_us, stored_time_us, envelope, prev_hash, hash")
+
+
+def _record(row) -> AuditRecord:
+    return AuditRecord(*row[:13], bytes(row[13]), bytes(row[14]), bytes(row[15]))
+
+
+class SqliteAuditStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._tail: tuple[int, bytes] = (0, GENESIS)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = self._connect()
+        self._writer.executescript(SCHEMA)
+        row = self._writer.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        self._tail = (row[0], bytes(row[1])) if row else (0, GENESIS)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    async def append(self, records: list[AuditRecord]) -> int:
+        return await asyncio.to_thread(self._append, records)
+
+    def _append(self, records: list[AuditRecord]) -> int:
+        with self._lock:
+            db = self._writer
+            if db is None:
+                raise RuntimeError("store is not open")
+            seq, prev = self._tail
+            ids = [r.event_id for r in records]
+            known = {row[0] for chunk in range(0, len(ids), 500) for row in db.execute(
+                f"SELECT event_id FROM events WHERE event_id IN ({','.join('?' * len(ids[chunk:chunk + 500]))})",
+                ids[chunk:chunk + 500])}
+            rows = []
+            for r in records:
+                if r.event_id in known:
+                    continue
+                known.add(r.event_id)
+                seq += 1
+                r = replace(r, seq=seq, prev_hash=prev)
+                prev = record_hash(prev, r)
+                rows.append((seq, r.event_id, r.type, r.actor, r.action, r.user_id, r.door_id, r.credential_id,
+                             r.outcome, r.reason, r.revision, r.source_time_us, r.stored_time_us, r.envelope,
+                             r.prev_hash, prev))
+            if not rows:
+                return 0
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(f"INSERT INTO events ({COLUMNS}) VALUES ({','.join('?' * 16)})", rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._tail = (seq, prev)
+            return len(rows)
+
+    async def read(self, query: AuditQuery, after_seq: int, limit: int) -> list[AuditRecord]:
+        return await asyncio.to_thread(self._read, query, after_seq, limit)
+
+    def _read(self, query: AuditQuery, after_seq: int, limit: int) -> list[AuditRecord]:
+        where, params = ["seq > ?"], [after_seq]
+        for column, value in (("door_id", query.door_id), ("user_id", query.user_id)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.types:
+            where.append(f"type IN ({','.join('?' * len(query.types))})")
+            params += list(query.types)
+        if query.start_us:
+            where.append("source_time_us >= ?")
+            params.append(query.start_us)
+        if query.end_us:
+            where.append("source_time_us < ?")
+            params.append(query.end_us)
+        sql = f"SELECT {COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        return [_record(r) for r in self._reader().execute(sql, (*params, limit))]
+
+    async def last_seq(self) -> int:
+        return self._tail[0]
+
+    async def verify(self, start_us: int, end_us: int) -> tuple[int, ChainBreak | None]:
+        return await asyncio.to_thread(self._verify, start_us, end_us)
+
+    def _verify(self, start_us: int, end_us: int) -> tuple[int, ChainBreak | None]:
+        db = self._reader()
+        first = db.execute("SELECT min(seq) FROM events WHERE stored_time_us >= ?", (start_us,)).fetchone()[0]
+        if first is None:
+            return 0, None
+        anchor = db.execute("SELECT seq, hash FROM events WHERE seq < ? ORDER BY seq DESC LIMIT 1",
+                            (first,)).fetchone()
+        prev_seq, prev_hash = (anchor[0], bytes(anchor[1])) if anchor else (0, GENESIS)
+        end = end_us or 2**62
+        cursor = db.execute(f"SELECT {COLUMNS} FROM events WHERE seq >= ? AND stored_time_us < ? ORDER BY seq",
+                            (first, end))
+        return verify((_record(r) for r in cursor), prev_hash, prev_seq)
+
+    async def park(self, stream: str, stream_seq: int, raw: bytes, error: str) -> None:
+        def write() -> None:
+            with self._lock:
+                self._writer.execute("INSERT OR IGNORE INTO parked VALUES (?, ?, ?, ?)",
+                                     (stream, stream_seq, raw, error))
+        await asyncio.to_thread(write)
+
+    async def parked(self) -> list[tuple[str, int, bytes, str]]:
+        rows = await asyncio.to_thread(
+            lambda: self._reader().execute("SELECT stream, stream_seq, raw, error FROM parked").fetchall())
+        return [(r[0], r[1], bytes(r[2]), r[3]) for r in rows]

@@ -1,0 +1,45 @@
+"""The composition root of the audit service: picks the store, builds ingest and servicer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from latchkey.audit.v1 import audit_pb2, audit_pb2_grpc
+
+from latchkit import authz
+from latchkit.server import ServiceSpec
+from services.audit.grpc_api import AuditServicer
+from services.audit.ingest import Ingest
+from services.audit.ports import AuditStore
+from services.audit.settings import AuditSettings
+
+
+def build_store(settings: AuditSettings) -> AuditStore:
+    if settings.store_backend == "scylla":
+        from services.audit.adapters.scylla_store import ScyllaAuditStore
+
+        return ScyllaAuditStore(settings.scylla, settings.retention_days)
+    from services.audit.adapters.sqlite_store import SqliteAuditStore
+
+    return SqliteAuditStore(settings.data_dir / "audit.sqlite")
+
+
+@dataclass
+class AuditApp:
+    settings: AuditSettings
+    store: AuditStore
+    ingest: Ingest
+
+    def spec(self) -> ServiceSpec:
+        def register(server) -> list[str]:
+            audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.store, self.ingest), server)
+            return [audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name]
+
+        return ServiceSpec(name="audit", register=register, on_stop=self.store.close, policy=authz.allowed,
+                           background=[self.ingest.run])
+
+
+def build(settings: AuditSettings | None = None) -> AuditApp:
+    settings = settings or AuditSettings.from_env()
+    store = build_store(settings)
+    return AuditApp(settings, store, Ingest(store, settings.bus, batch=settings.ingest_batch))

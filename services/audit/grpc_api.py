@@ -1,0 +1,107 @@
+"""AuditService servicer: the AuditLog stream (history, then live) and chain verification."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from latchkey.audit.v1 import audit_pb2, audit_pb2_grpc
+
+from latchkit.envelope import PAYLOAD_TYPES
+from latchkit.errors import InvalidArgument, ServiceError, abort, handles_errors
+from services.audit.ingest import Ingest
+from services.audit.ports import AuditQuery, AuditStore
+from services.audit.records import to_event
+
+PAGE = 256
+KNOWN_TYPES = frozenset(PAYLOAD_TYPES.values())
+MAX_TS = 253402300799
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"a1:{seq}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> int:
+    if not cursor:
+        return 0
+    try:
+        kind, _, seq = base64.urlsafe_b64decode(cursor.encode("ascii")).decode().partition(":")
+        if kind != "a1" or not seq.isdigit() or len(seq) > 18:
+            raise ValueError
+        return int(seq)
+    except (ValueError, UnicodeError, binascii.Error):
+        raise InvalidArgument("cursor", "is not a cursor from this audit log") from None
+
+
+def micros(request, field: str) -> int:
+    if not request.HasField(field):
+        return 0
+    ts = getattr(request, field)
+    if not (0 <= ts.seconds <= MAX_TS and 0 <= ts.nanos < 1_000_000_000):
+        raise InvalidArgument(field, "must be a timestamp between 1970 and 9999")
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def parse_query(request) -> tuple[AuditQuery, int]:
+    for field in ("user_id", "door_id"):
+        value = getattr(request, field)
+        if len(value) > 64 or not value.isprintable():
+            raise InvalidArgument(field, "must be at most 64 printable characters")
+    if len(request.event_types) > len(KNOWN_TYPES):
+        raise InvalidArgument("event_types", "too many types")
+    for i, t in enumerate(request.event_types):
+        if t not in KNOWN_TYPES:
+            raise InvalidArgument(f"event_types[{i}]", f"unknown type; known: {', '.join(sorted(KNOWN_TYPES))}")
+    start, end = micros(request, "start_time"), micros(request, "end_time")
+    if start and end and end <= start:
+        raise InvalidArgument("end_time", "must be after start_time")
+    query = AuditQuery(request.user_id, request.door_id, tuple(request.event_types), start, end)
+    return query, decode_cursor(request.cursor)
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    def __init__(self, store: AuditStore, ingest: Ingest | None) -> None:
+        self.store = store
+        self.ingest = ingest
+
+    async def AuditLog(self, request, context):
+        """Oldest first by storage order; the cursor is that order, so resume and the live seam are exact.
+
+        Each page is read only when the client has taken the previous one
+        (every yield waits for flow control): a slow reader slows itself only.
+        """
+        try:
+            query, after = parse_query(request)
+        except ServiceError as exc:
+            await abort(context, exc)
+            return
+        while True:
+            if request.follow and self.ingest is not None:
+                # Read the store's tail before reading, so nothing appended after the
+                # read can be missed by the wait below.
+                tail = await self.store.last_seq()
+            records = await self.store.read(query, after, PAGE)
+            for record in records:
+                after = record.seq
+                yield audit_pb2.AuditLogResponse(event=to_event(record), cursor=encode_cursor(record.seq))
+            if len(records) == PAGE:
+                continue
+            if not request.follow or self.ingest is None:
+                return
+            async with self.ingest.appended:
+                if await self.store.last_seq() == tail:
+                    await self.ingest.appended.wait()
+
+    @handles_errors
+    async def VerifyChain(self, request, context):
+        start, end = micros(request, "start_time"), micros(request, "end_time")
+        if start and end and end <= start:
+            raise InvalidArgument("end_time", "must be after start_time")
+        checked, broken = await self.store.verify(start, end)
+        response = audit_pb2.VerifyChainResponse(ok=broken is None, events_checked=checked)
+        if broken is not None:
+            response.first_break.CopyFrom(audit_pb2.ChainBreak(
+                event_id=broken.event_id, position=broken.position,
+                kind=audit_pb2.ChainBreakKind.Value(f"CHAIN_BREAK_KIND_{broken.kind}"), detail=broken.detail))
+        return response

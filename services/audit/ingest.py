@@ -1,0 +1,91 @@
+"""Ingest: PERMISSIONS and DECISIONS streams -> the audit store, each event once.
+
+A durable pull consumer per stream. Each round: fetch a batch, decode,
+append (the store skips event ids it already has, so a redelivery is a
+no-op), and ack only after `append` returned (durable). An undecodable
+message is parked with its raw bytes, reported in the log, and acked, so it
+neither vanishes nor blocks the stream. Both consumers append through the
+store's single writer, so the hash chain has one order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from prometheus_client import Counter
+
+from latchkit import envelope
+from latchkit.bus import DECISIONS_STREAM, PERMISSIONS_STREAM, BusSettings, connect, ensure_streams
+from services.audit.ports import AuditStore
+from services.audit.records import to_record
+
+log = logging.getLogger("latchkey.audit.ingest")
+INGESTED = Counter("latchkey_audit_ingested", "Events stored by the audit ingest", ["stream"])
+PARKED = Counter("latchkey_audit_parked", "Undecodable messages parked", ["stream"])
+CONSUMERS = {PERMISSIONS_STREAM: "audit-permissions", DECISIONS_STREAM: "audit-decisions"}
+
+
+class Ingest:
+    def __init__(self, store: AuditStore, bus: BusSettings, *, batch: int = 512) -> None:
+        self.store = store
+        self.bus = bus
+        self.batch = batch
+        self.appended = asyncio.Condition()
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._run_stream(s) for s in CONSUMERS))
+
+    async def _run_stream(self, stream: str) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._consume(stream)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - outlive broker and disk hiccups
+                log.warning("ingest failed; retrying", extra={"stream": stream, "error": repr(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _consume(self, stream: str) -> None:
+        nc = await connect(self.bus, name=f"audit-{stream.lower()}", allow_reconnect=False)
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js, self.bus)
+            durable = CONSUMERS[stream]
+            try:
+                await js.consumer_info(stream, durable)
+            except NotFoundError:
+                await js.add_consumer(stream, ConsumerConfig(
+                    durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=60, max_ack_pending=20_000))
+            sub = await js.pull_subscribe_bind(durable, stream=stream)
+            while True:
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=1.0)
+                except TimeoutError:
+                    continue
+                await self.handle(stream, msgs)
+        finally:
+            await nc.close()
+
+    async def handle(self, stream: str, msgs) -> None:
+        records = []
+        for msg in msgs:
+            try:
+                records.append(to_record(envelope.parse(msg.data), msg.data))
+            except ValueError as exc:
+                seq = msg.metadata.sequence.stream
+                await self.store.park(stream, seq, msg.data, str(exc))
+                PARKED.labels(stream).inc()
+                log.error("parked an undecodable message", extra={"stream": stream, "stream_seq": seq})
+        added = await self.store.append(records) if records else 0
+        for msg in msgs:
+            await msg.ack()
+        INGESTED.labels(stream).inc(added)
+        if added:
+            async with self.appended:
+                self.appended.notify_all()

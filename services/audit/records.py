@@ -1,0 +1,50 @@
+"""Envelope (bus) -> AuditRecord (store) -> AuditEvent (API): every event self-explanatory."""
+
+from __future__ import annotations
+
+import time
+
+from latchkey.audit.v1 import audit_pb2
+from latchkey.events.v1 import events_pb2 as ev
+
+from services.audit.domain import AuditRecord
+
+
+def _subjects(env) -> tuple[str, str, str, str, str]:
+    """(user_id, door_id, credential_id, outcome, reason) for any payload."""
+    kind = env.WhichOneof("payload")
+    p = getattr(env, kind)
+    if kind == "unlock_decided":
+        return (p.user_id, p.door_id, p.credential_id, ev.Decision.Name(p.decision).removeprefix("DECISION_"),
+                ev.DecisionReason.Name(p.reason).removeprefix("DECISION_REASON_"))
+    if kind == "security_alarm":
+        return "", p.door_id, p.credential_id, "ALARM", p.kind
+    user = getattr(p, "user_id", "")
+    door = getattr(p, "door_id", "")
+    cred = getattr(p, "credential_id", "")
+    if kind == "access_changed":
+        return user, door, cred, "RULES" if p.rules else "NO_RULES", ""
+    deleted = getattr(p, "deleted", False) or getattr(p, "revoked", False)
+    return user, door, cred, "DELETED" if deleted else "APPLIED", ""
+
+
+def to_record(env, raw: bytes) -> AuditRecord:
+    user, door, cred, outcome, reason = _subjects(env)
+    return AuditRecord(
+        seq=0, event_id=env.event_id, type=env.type, actor=env.actor, action=env.type.split(".", 1)[-1],
+        user_id=user, door_id=door, credential_id=cred, outcome=outcome, reason=reason, revision=env.revision,
+        source_time_us=env.occurred_at.seconds * 1_000_000 + env.occurred_at.nanos // 1000,
+        stored_time_us=time.time_ns() // 1000, envelope=raw,
+    )
+
+
+def to_event(r: AuditRecord) -> audit_pb2.AuditEvent:
+    event = audit_pb2.AuditEvent(
+        event_id=r.event_id, type=r.type, actor=r.actor, action=r.action, user_id=r.user_id, door_id=r.door_id,
+        credential_id=r.credential_id, outcome=r.outcome, reason=r.reason, revision=r.revision,
+        hash=r.hash, prev_hash=r.prev_hash,
+    )
+    event.source_time.FromMicroseconds(r.source_time_us)
+    event.stored_time.FromMicroseconds(r.stored_time_us)
+    event.envelope.ParseFromString(r.envelope)
+    return event
