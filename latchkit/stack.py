@@ -161,6 +161,15 @@ class Stack:
         for name in ("redis", "nats"):
             self._stop_pidfile(name)
 
+    def stop_component(self, name: str) -> None:
+        """Stop redis or nats alone (outage tests); `start_component` brings it back on the same port."""
+        if name not in ("redis", "nats"):
+            raise ValueError(name)
+        self._stop_pidfile(name)
+
+    def start_component(self, name: str) -> None:
+        {"redis": self._redis_up, "nats": self._nats_up}[name]()
+
     def status(self) -> dict[str, dict]:
         p = self.ports
         return {
