@@ -19,12 +19,12 @@ from latchkit.access_codec import from_event
 from latchkit.access_rules import evaluate
 from latchkit.bus import PERMISSIONS_STREAM, BusSettings
 from services.permissions.relay import OutboxRelay
-from tests.integration.conftest import aio_channel, fresh_database, start_permissions
+from tests.integration.conftest import aio_channel, start_permissions
 
 
-async def until(predicate, what: str, timeout: float = 20.0):
+async def until(predicate, what: str, limit_s: float = 20.0):
     """Poll an async predicate until true; a bounded wait, failing with `what`."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         if await predicate():
             return
@@ -158,7 +158,7 @@ async def test_relay_survives_nats_outage_and_publishes_in_order_exactly_once(ur
 
             async def drained():
                 return not await outbox(service.dsn)
-            await until(drained, "the outbox to drain after NATS returned", timeout=30)
+            await until(drained, "the outbox to drain after NATS returned", limit_s=30)
         ids = [r[2] for r in committed]
         published = await stream_events(urls.nats_url, set(ids))
         # Exactly once each, and in revision order.
