@@ -1,0 +1,63 @@
+"""Redis in front of the view, on the real test server: set-if-newer, negative entries, one-trip lookups."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from services.access.adapters.redis_cache import RedisUnlockCache, cred_key
+from services.access.ports import CredentialRow, PairRow
+
+
+@pytest.fixture
+async def cache(urls):
+    c = RedisUnlockCache(urls.redis_url, ttl=60, negative_ttl=5)
+    yield c
+    await c.close()
+
+
+def ids():
+    return str(uuid.uuid4()), str(uuid.uuid4())
+
+
+async def test_a_racing_fill_cannot_resurrect_a_revoked_grant(cache):
+    door, user = ids()
+    # The projector writes the revoke (version 8) first; a slow read-through fill
+    # that read version 7 from the view lands afterwards and must be ignored.
+    await cache.write([PairRow(door, user, 8, b"")], [])
+    await cache.fill_pair(door, user, PairRow(door, user, 7, b"granted"))
+    _, _, pair = await cache.lookup(door, user)
+    assert (int(pair[0]), pair[1]) == (8, b"")
+
+
+async def test_negative_entry_is_overridden_by_any_real_version(cache):
+    door, user = ids()
+    await cache.fill_pair(door, user, None)
+    _, _, pair = await cache.lookup(door, user)
+    assert (int(pair[0]), pair[1]) == (0, b"")
+    assert await cache.client.ttl(f"lk:p:{door}:{user}") <= 5
+    await cache.write([PairRow(door, user, 1, b"granted")], [])
+    _, _, pair = await cache.lookup(door, user)
+    assert pair[1] == b"granted"
+
+
+async def test_lookup_by_credential_resolves_user_and_pair_in_one_call(cache):
+    door, user = ids()
+    secret = uuid.uuid4().bytes * 2
+    cred = CredentialRow(str(uuid.uuid4()), user, 1, secret, False, 3)
+    await cache.write([PairRow(door, user, 4, b"rules")], [cred])
+    earlier, c, pair = await cache.lookup(door, credential=cred_key(1, secret))
+    assert earlier is None
+    assert (c[1].decode(), c[2].decode(), c[3]) == (cred.credential_id, user, b"0")
+    assert pair[1] == b"rules"
+    # Unknown credential: a miss (None), which the service fills from the view.
+    assert await cache.lookup(door, credential=cred_key(1, b"x" * 32)) == (None, None, None)
+
+
+async def test_first_answer_for_a_request_id_wins(cache):
+    door, _ = ids()
+    await cache.remember_answer(door, "r1", b"first")
+    await cache.remember_answer(door, "r1", b"second")
+    earlier, _, _ = await cache.lookup(door, user_id="u", request_id="r1")
+    assert earlier == b"first"
