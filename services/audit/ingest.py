@@ -2,7 +2,11 @@
 
 A durable pull consumer per stream. Each round: fetch a batch, decode,
 append (the store skips event ids it already has, so a redelivery is a
-no-op), and ack only after `append` returned (durable). An undecodable
+no-op) together with the stream sequence reached, and ack only after
+`append` returned (durable). On every (re)start the consumer is re-created at
+the sequence after the one the store recorded: messages a crashed process had
+fetched but not stored come first again, so storage order stays stream order
+instead of waiting out the ack timeout. An undecodable
 message is parked with its raw bytes, reported in the log, and acked, so it
 neither vanishes nor blocks the stream. Both consumers append through the
 store's single writer, so the hash chain has one order.
@@ -11,6 +15,7 @@ store's single writer, so the hash chain has one order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -56,12 +61,13 @@ class Ingest:
             js = nc.jetstream()
             await ensure_streams(js, self.bus)
             durable = CONSUMERS[stream]
-            try:
-                await js.consumer_info(stream, durable)
-            except NotFoundError:
-                await js.add_consumer(stream, ConsumerConfig(
-                    durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=60, max_ack_pending=20_000))
+            position = await self.store.position(stream)
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(stream, durable)
+            await js.add_consumer(stream, ConsumerConfig(
+                durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_ack_pending=20_000,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if position else DeliverPolicy.ALL,
+                opt_start_seq=position + 1 if position else None))
             sub = await js.pull_subscribe_bind(durable, stream=stream)
             while True:
                 try:
@@ -82,7 +88,8 @@ class Ingest:
                 await self.store.park(stream, seq, msg.data, str(exc))
                 PARKED.labels(stream).inc()
                 log.error("parked an undecodable message", extra={"stream": stream, "stream_seq": seq})
-        added = await self.store.append(records) if records else 0
+        last = msgs[-1].metadata.sequence.stream
+        added = await self.store.append(records, stream, last)
         for msg in msgs:
             await msg.ack()
         INGESTED.labels(stream).inc(added)

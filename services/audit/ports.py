@@ -24,11 +24,17 @@ class AuditStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def append(self, records: list[AuditRecord]) -> int:
+    async def append(self, records: list[AuditRecord], stream: str = "", stream_seq: int = 0) -> int:
         """Store new records durably, chained, in list order; a known event_id is skipped.
 
-        Returns how many were new. Durable when it returns (the caller acks then).
+        With `stream`, also records (in the same write) that the stream has been
+        consumed through `stream_seq`. Returns how many were new. Durable when it
+        returns (the caller acks then).
         """
+        ...
+
+    async def position(self, stream: str) -> int:
+        """The stream sequence recorded by the last `append` for `stream` (0 if none)."""
         ...
 
     async def read(self, query: AuditQuery, after_seq: int, limit: int) -> list[AuditRecord]:

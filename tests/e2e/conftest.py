@@ -23,6 +23,19 @@ class System:
     env: dict[str, str]
     procs: dict[str, subprocess.Popen]
 
+    def kill(self, name: str) -> None:
+        """SIGKILL: no graceful shutdown, as in a crash."""
+        self.procs[name].kill()
+        self.procs[name].wait(timeout=10)
+
+    def start(self, name: str) -> None:
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=self.env, cwd=REPO_ROOT)
+        deadline = time.monotonic() + 30
+        while health_of(self.targets[name], timeout=0.5) != "SERVING":
+            assert self.procs[name].poll() is None, f"{name} exited"
+            assert time.monotonic() < deadline, f"{name} not healthy within 30 s"
+            time.sleep(0.05)
+
 
 @pytest.fixture(scope="session")
 def system(stack, pki, tmp_path_factory):

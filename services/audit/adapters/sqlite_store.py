@@ -27,6 +27,7 @@ CREATE INDEX IF NOT EXISTS ix_events_door ON events (door_id, seq) WHERE door_id
 CREATE INDEX IF NOT EXISTS ix_events_user ON events (user_id, seq) WHERE user_id <> '';
 CREATE INDEX IF NOT EXISTS ix_events_type ON events (type, seq);
 CREATE INDEX IF NOT EXISTS ix_events_stored ON events (stored_time_us);
+CREATE TABLE IF NOT EXISTS positions (stream TEXT PRIMARY KEY, stream_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS parked (
     stream TEXT NOT NULL, stream_seq INTEGER NOT NULL, raw BLOB NOT NULL, error TEXT NOT NULL,
     PRIMARY KEY (stream, stream_seq));
@@ -71,10 +72,15 @@ class SqliteAuditStore:
             self._writer.close()
             self._writer = None
 
-    async def append(self, records: list[AuditRecord]) -> int:
-        return await asyncio.to_thread(self._append, records)
+    async def append(self, records: list[AuditRecord], stream: str = "", stream_seq: int = 0) -> int:
+        return await asyncio.to_thread(self._append, records, stream, stream_seq)
 
-    def _append(self, records: list[AuditRecord]) -> int:
+    async def position(self, stream: str) -> int:
+        row = await asyncio.to_thread(lambda: self._reader().execute(
+            "SELECT stream_seq FROM positions WHERE stream = ?", (stream,)).fetchone())
+        return row[0] if row else 0
+
+    def _append(self, records: list[AuditRecord], stream: str, stream_seq: int) -> int:
         with self._lock:
             db = self._writer
             if db is None:
@@ -95,11 +101,15 @@ class SqliteAuditStore:
                 rows.append((seq, r.event_id, r.type, r.actor, r.action, r.user_id, r.door_id, r.credential_id,
                              r.outcome, r.reason, r.revision, r.source_time_us, r.stored_time_us, r.envelope,
                              r.prev_hash, prev))
-            if not rows:
+            if not rows and not stream:
                 return 0
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany(f"INSERT INTO events ({COLUMNS}) VALUES ({','.join('?' * 16)})", rows)
+                if stream:
+                    # The tracking row: where this stream's ingest resumes, in the same transaction.
+                    db.execute("INSERT INTO positions VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET "
+                               "stream_seq = max(stream_seq, excluded.stream_seq)", (stream, stream_seq))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
