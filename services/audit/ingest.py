@@ -79,6 +79,8 @@ class Ingest:
             await nc.close()
 
     async def handle(self, stream: str, msgs) -> None:
+        if not msgs:
+            return
         records = []
         for msg in msgs:
             try:
