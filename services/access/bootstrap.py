@@ -44,7 +44,7 @@ class AccessApp:
                 AccessServicer(self.service, self.settings.max_deadline_seconds), server)
             return [access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name]
 
-        background = [self.decisions.run_writer, self.decisions.run_publisher]
+        background = [self.decisions.run_spiller, self.decisions.run_publisher]
         if self.projector is not None:
             background.append(self.projector.run)
         return ServiceSpec(name="access", register=register, on_stop=self.stop, policy=authz.allowed,

@@ -1,21 +1,24 @@
 """Unlock decisions leave the response path and reach JetStream, in order, without loss.
 
-`record` only appends to an in-memory list (microseconds). A writer task
-moves that list to the durable spool every few milliseconds (one fsync per
-batch); a publisher task sends spooled rows to the DECISIONS stream,
-pipelined, deleting each only after its PubAck (`Nats-Msg-Id` = event id, so
-a re-send after a crash is dropped by JetStream).
+`record` only appends to an in-memory queue (microseconds). The publisher
+sends queued events to the DECISIONS stream in pipelined batches
+(`Nats-Msg-Id` = event id, so a re-send is dropped by JetStream). Events that
+cannot be published promptly (NATS down or slow: older than `spill_after`)
+are moved, in order, to the durable spool, and the spool is drained first
+once NATS answers again, each row deleted only after its PubAck.
 
-What a crash of an access process can lose: decisions still in memory, that
-is those answered in the last flush interval (default 5 ms) before the
-crash. Nothing that reached the spool is lost; nothing acknowledged by
-JetStream is lost.
+What a crash of an access process can lose: events still in memory, that is
+the batch being published plus whatever was decided in the last
+`spill_after` (default 100 ms) while NATS did not acknowledge. Nothing
+acknowledged by JetStream and nothing in the spool is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import time
 
 from prometheus_client import Gauge
 
@@ -24,42 +27,49 @@ from latchkit.bus import BusSettings, connect, ensure_streams
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 
 log = logging.getLogger("latchkey.access.decisions")
-SPOOL_BACKLOG = Gauge("latchkey_access_decision_spool_backlog", "Decision events spooled, not yet acked")
+SPOOL_BACKLOG = Gauge("latchkey_access_decision_spool_backlog", "Decision events in the durable spool")
 
 
 class DecisionPublisher:
-    def __init__(self, spool: SqliteDecisionSpool, bus: BusSettings, *, flush_seconds: float = 0.005,
+    def __init__(self, spool: SqliteDecisionSpool, bus: BusSettings, *, spill_after: float = 0.1,
                  batch: int = 512) -> None:
         self.spool = spool
         self.bus = bus
-        self.flush_seconds = flush_seconds
+        self.spill_after = spill_after
         self.batch = batch
-        self._pending: list[tuple[str, str, bytes]] = []
-        self._spooled = asyncio.Event()
+        self._pending: collections.deque[tuple[float, tuple[str, str, bytes]]] = collections.deque()
+        self._wake = asyncio.Event()
+        # Held while a batch is in flight and while spilling: keeps the spool in decision order.
+        self._order = asyncio.Lock()
+        self._spooled = 0
 
     def record(self, env) -> None:
         """Called on the response path: no I/O."""
-        self._pending.append((env.event_id, envelope.subject(env), env.SerializeToString()))
+        self._pending.append((time.monotonic(), (env.event_id, envelope.subject(env), env.SerializeToString())))
+        self._wake.set()
 
-    async def flush(self) -> None:
-        if self._pending:
-            rows, self._pending = self._pending, []
-            try:
+    async def spill(self, everything: bool = False) -> None:
+        """Move events waiting longer than `spill_after` (or all) to the durable spool, oldest first."""
+        async with self._order:
+            cutoff = time.monotonic() - self.spill_after
+            rows = []
+            while self._pending and (everything or self._pending[0][0] <= cutoff):
+                rows.append(self._pending.popleft()[1])
+            if rows:
                 await self.spool.append(rows)
-            except BaseException:
-                self._pending[:0] = rows
-                raise
-            self._spooled.set()
+                self._spooled += len(rows)
+                SPOOL_BACKLOG.set(self._spooled)
 
-    async def run_writer(self) -> None:
+    async def run_spiller(self) -> None:
         while True:
-            await asyncio.sleep(self.flush_seconds)  # the batching interval, not a synchronisation
+            await asyncio.sleep(self.spill_after / 2)  # the spill period, not a synchronisation
             try:
-                await self.flush()
-            except Exception as exc:  # noqa: BLE001 - keep the rows in memory and retry
+                await self.spill()
+            except Exception as exc:  # noqa: BLE001 - keep the events in memory and retry
                 log.error("decision spool write failed", extra={"error": repr(exc)})
 
     async def run_publisher(self) -> None:
+        self._spooled = await self.spool.count()
         backoff = 0.1
         while True:
             try:
@@ -77,40 +87,63 @@ class DecisionPublisher:
             js = nc.jetstream()
             await ensure_streams(js, self.bus)
             while True:
-                self._spooled.clear()
-                sent = await self.publish_round(js)
-                if sent < self.batch:
+                if self._spooled:
+                    await self.drain_spool(js)
+                    continue
+                if not self._pending:
+                    self._wake.clear()
                     try:
-                        await asyncio.wait_for(self._spooled.wait(), timeout=0.5)
+                        await asyncio.wait_for(self._wake.wait(), timeout=0.5)
                     except TimeoutError:
-                        pass
+                        continue
+                await self.publish_pending(js)
         finally:
             await nc.close()
 
-    async def publish_round(self, js) -> int:
-        rows = await self.spool.oldest(self.batch)
-        SPOOL_BACKLOG.set(len(rows))
-        if not rows:
-            return 0
-        futures = [await js.publish_async(subject, payload, headers={"Nats-Msg-Id": event_id})
-                   for _, event_id, subject, payload in rows]
-        acked, error = 0, None
+    async def _publish(self, js, rows) -> tuple[int, Exception | None]:
+        """Pipelined publish; returns how many of `rows` (a prefix) were acknowledged."""
+        futures = []
+        try:
+            for event_id, subject, payload in rows:
+                futures.append(await js.publish_async(subject, payload, headers={"Nats-Msg-Id": event_id}))
+        except Exception as exc:  # noqa: BLE001 - connection gone: nothing after this was sent
+            for future in futures:
+                future.cancel()
+            return 0, exc
+        acked = 0
         for future in futures:
             try:
                 await asyncio.wait_for(future, timeout=5)
                 acked += 1
             except Exception as exc:  # noqa: BLE001 - keep order: stop at the first failure
-                error = exc
-                break
-        for future in futures[acked:]:
-            future.cancel()
-        if acked:
-            await self.spool.delete_through(rows[acked - 1][0])
+                for rest in futures[acked:]:
+                    rest.cancel()
+                return acked, exc
+        return acked, None
+
+    async def publish_pending(self, js) -> None:
+        async with self._order:
+            batch = [self._pending.popleft() for _ in range(min(self.batch, len(self._pending)))]
+            acked, error = await self._publish(js, [row for _, row in batch])
+            # Unacknowledged events go back to the front, in order, for the spiller or a retry.
+            self._pending.extendleft(reversed(batch[acked:]))
         if error is not None:
             raise error
-        return acked
+
+    async def drain_spool(self, js) -> None:
+        rows = await self.spool.oldest(self.batch)
+        if not rows:
+            self._spooled = 0
+            return
+        acked, error = await self._publish(js, [(e, s, p) for _, e, s, p in rows])
+        if acked:
+            await self.spool.delete_through(rows[acked - 1][0])
+            self._spooled = max(self._spooled - acked, 0)
+            SPOOL_BACKLOG.set(self._spooled)
+        if error is not None:
+            raise error
 
     async def close(self) -> None:
-        """On graceful shutdown: whatever is in memory goes to the spool."""
-        await self.flush()
+        """On graceful shutdown: whatever is still in memory goes to the spool."""
+        await self.spill(everything=True)
         await self.spool.close()

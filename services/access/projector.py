@@ -1,9 +1,9 @@
 """The projector: PERMISSIONS stream -> unlock view -> Redis, acked only after both.
 
 A durable pull consumer; one logical projector per deployment (the access
-service's first process runs it). Each round fetches a batch, writes the view
-(one transaction, versions compared in the store), then Redis (set-if-newer),
-then acks. A crash before the ack redelivers the batch; applying it again
+service's first process runs it). Each round fetches a batch, writes Redis
+(set-if-newer), then the view (one transaction, versions compared in the
+store, with the watermark), then acks. A crash before the ack redelivers the batch; applying it again
 changes nothing. Events carry (revision, index, count): the projector records
 the highest revision below which every event has been applied (the
 watermark), which is what `Unlock` reports and what `min_revision` waits for.
@@ -119,8 +119,10 @@ class Projector:
             watermark = advance(watermark, partial, env.revision, env.revision_event_index,
                                 env.revision_event_count)
         batch.watermark = watermark
-        await self.view.apply(batch)
+        # Redis first, then the view (which records the watermark): an answer from
+        # Redis is then never older than the watermark a worker reads from the view.
         await self._write_cache(batch.pairs, batch.credentials)
+        await self.view.apply(batch)
         for msg in msgs:
             await msg.ack()
         if watermark != self.watermark:

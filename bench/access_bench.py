@@ -1,0 +1,193 @@
+"""Unlock against its floor: a bare echo RPC on the same runner and TLS, in the same run.
+
+Services run as subprocesses (one access worker, like the one-process echo
+floor; audit is not started: this measures the access service); the load
+generator is this process (grpc.aio, one channel per door).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import nats
+import redis.asyncio as aioredis
+from latchkey.access.v1 import access_pb2, access_pb2_grpc
+from latchkey.events.v1 import events_pb2 as ev
+from latchkey.permissions.v1 import permissions_pb2 as pm
+from latchkey.permissions.v1 import permissions_pb2_grpc
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from bench.harness import (
+    aio_channel,
+    closed_loop,
+    percentile,
+    start_module,
+    start_services,
+    summary_ms,
+    tls,
+)
+from latchkit import certs
+from latchkit.bus import DECISIONS_STREAM
+from latchkit.settings import TlsSettings
+from latchkit.stack import free_port
+
+IN_FLIGHT = (1, 8, 32)
+SECONDS = 3.0
+VIEW_KEYS = 600
+
+
+def door_tls(pki_dir: Path, door_id: str) -> TlsSettings:
+    issued = certs.issue(pki_dir, pki_dir, "door", door_id)
+    return TlsSettings(pki_dir / "ca.pem", issued.cert_file, issued.key_file)
+
+
+async def seed(admin, door_name: str, users: int):
+    door = (await admin.CreateDoor(pm.CreateDoorRequest(door=pm.Door(name=door_name, time_zone="UTC")))).door
+    cards, revision = [], 0
+    for _ in range(users):
+        u = (await admin.CreateUser(pm.CreateUserRequest(user=pm.User(display_name="bench")))).user
+        secret = uuid.uuid4().hex[:16]
+        await admin.IssueCredential(pm.IssueCredentialRequest(user_id=u.user_id, kind=1, secret=secret))
+        revision = (await admin.GrantAccess(pm.GrantAccessRequest(
+            grant=pm.Grant(user_id=u.user_id, door_id=door.door_id)))).revision
+        cards.append(access_pb2.PresentedCredential(kind=1, secret=secret))
+    return door, cards, revision
+
+
+async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
+    services = start_services(stack_urls, pki_dir, state_dir, names=("permissions", "access"), extra_env={
+        "LATCHKEY_ACCESS_WORKERS": "1", "LATCHKEY_ACCESS_THROTTLE_CREDENTIAL_DENIALS": "1000000000",
+        "LATCHKEY_ACCESS_THROTTLE_DOOR_DENIALS": "1000000000"})
+    echo_port, pg_port = free_port(), free_port()
+    echo = start_module("bench.echo_server", services.env, echo_port)
+    pg = start_module("bench.pg_unlock_server", services.env, pg_port)
+    rows: dict = {}
+    try:
+        async with aio_channel(services.targets["permissions"], tls(pki_dir, "admin")) as pch:
+            admin = permissions_pb2_grpc.PermissionsServiceStub(pch)
+            hot_door, hot_cards, _ = await seed(admin, "hot", 1)
+            view_door, view_cards, revision = await seed(admin, "view", VIEW_KEYS)
+            rows.update(await measure(services, pki_dir, echo_port, pg_port, stack_urls, hot_door, hot_cards[0],
+                                      view_door, view_cards, revision))
+            rows["revocation_visible"] = await revocation(admin, services, pki_dir)
+        rows["server_decision_time_redis_hit"] = await decision_times(stack_urls.nats_url, hot_door.door_id)
+    finally:
+        echo.terminate()
+        pg.terminate()
+        services.stop()
+    floor = rows.get("echo_floor@1", {}).get("p50_ms")
+    for name, row in rows.items():
+        if "@" in name and floor:
+            n = name.split("@")[1]
+            base = rows[f"echo_floor@{n}"]
+            row["p50_x_floor"] = row["p50_ms"] / base["p50_ms"]
+            row["rps_x_floor"] = row["rps"] / base["rps"]
+    return rows
+
+
+async def measure(services, pki_dir, echo_port, pg_port, stack_urls, hot_door, hot_card, view_door, view_cards,
+                  revision) -> dict:
+    rows = {}
+    hot_tls, view_tls = door_tls(pki_dir, hot_door.door_id), door_tls(pki_dir, view_door.door_id)
+    unknown = access_pb2.PresentedCredential(kind=1, secret="not-a-known-card")
+    async with aio_channel(services.targets["access"], hot_tls) as ch, \
+            aio_channel(services.targets["access"], view_tls) as vch, \
+            aio_channel(f"localhost:{echo_port}", hot_tls) as ech, \
+            aio_channel(f"localhost:{pg_port}", hot_tls) as pch:
+        stub, vstub, pstub = (access_pb2_grpc.AccessServiceStub(ch), access_pb2_grpc.AccessServiceStub(vch),
+                              access_pb2_grpc.AccessServiceStub(pch))
+        echo = ech.unary_unary("/latchkey.bench.Echo/Echo")
+        hit = access_pb2.UnlockRequest(door_id=hot_door.door_id, credential=hot_card, min_revision=revision)
+        first = await stub.Unlock(hit, timeout=5)
+        assert first.decision == ev.DECISION_GRANTED, first
+        hit.ClearField("min_revision")
+        payload = hit.SerializeToString()
+        deny = access_pb2.UnlockRequest(door_id=hot_door.door_id, credential=unknown)
+
+        async def call_echo(i):
+            await echo(payload, timeout=5)
+
+        async def call_hit(i):
+            await stub.Unlock(hit, timeout=5)
+
+        async def call_deny(i):
+            await stub.Unlock(deny, timeout=5)
+
+        async def call_pg(i):
+            await pstub.Unlock(hit, timeout=5)
+
+        for n in IN_FLIGHT:
+            rows[f"echo_floor@{n}"] = await closed_loop(call_echo, n, SECONDS)
+            rows[f"unlock_redis_hit@{n}"] = await closed_loop(call_hit, n, SECONDS)
+            rows[f"unlock_deny_unknown_credential@{n}"] = await closed_loop(call_deny, n, SECONDS)
+            rows[f"pg_direct_in_handler@{n}"] = await closed_loop(call_pg, n, SECONDS)
+        # View hits: each card once, right after Redis lost everything.
+        r = aioredis.Redis.from_url(stack_urls.redis_url)
+        for n in IN_FLIGHT:
+            await r.flushall()
+            latencies: list[float] = []
+            queue = list(view_cards)
+
+            async def worker(queue=queue, latencies=latencies):
+                while queue:
+                    card = queue.pop()
+                    t0 = time.perf_counter()
+                    answer = await vstub.Unlock(access_pb2.UnlockRequest(door_id=view_door.door_id, credential=card),
+                                                timeout=5)
+                    latencies.append(time.perf_counter() - t0)
+                    assert answer.decision == ev.DECISION_GRANTED
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(n)))
+            rows[f"unlock_view_hit_after_flush@{n}"] = summary_ms(latencies, time.perf_counter() - t0)
+        await r.aclose()
+    return rows
+
+
+async def revocation(admin, services, pki_dir, trials: int = 60) -> dict:
+    door = (await admin.CreateDoor(pm.CreateDoorRequest(door=pm.Door(name="rev", time_zone="UTC")))).door
+    user = (await admin.CreateUser(pm.CreateUserRequest(user=pm.User(display_name="rev")))).user
+    delays = []
+    async with aio_channel(services.targets["access"], door_tls(pki_dir, door.door_id)) as ch:
+        stub = access_pb2_grpc.AccessServiceStub(ch)
+        request = access_pb2.UnlockRequest(door_id=door.door_id, user_id=user.user_id)
+        for _ in range(trials):
+            g = await admin.GrantAccess(pm.GrantAccessRequest(grant=pm.Grant(user_id=user.user_id,
+                                                                             door_id=door.door_id)))
+            request.min_revision = g.revision
+            assert (await stub.Unlock(request, timeout=5)).decision == ev.DECISION_GRANTED
+            request.min_revision = 0
+            await admin.RevokeAccess(pm.RevokeAccessRequest(grant_id=g.grant.grant_id))
+            t0 = time.perf_counter()
+            while (await stub.Unlock(request, timeout=5)).decision == ev.DECISION_GRANTED:
+                pass
+            delays.append(time.perf_counter() - t0)
+    return {"p50_ms": percentile(delays, 0.5) * 1e3, "p99_ms": percentile(delays, 0.99) * 1e3,
+            "max_ms": max(delays) * 1e3, "calls": trials}
+
+
+async def decision_times(nats_url: str, door_id: str) -> dict:
+    """decision_latency from the UnlockDecided events of the Redis-hit door (the server's own clock)."""
+    nc = await nats.connect(nats_url)
+    values = []
+    try:
+        sub = await nc.jetstream().pull_subscribe(
+            f"latchkey.decisions.{door_id}", stream=DECISIONS_STREAM,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        while True:
+            try:
+                msgs = await sub.fetch(1000, timeout=2)
+            except TimeoutError:
+                break
+            for msg in msgs:
+                env = ev.Envelope.FromString(msg.data)
+                if env.WhichOneof("payload") == "unlock_decided" and env.unlock_decided.reason == 1:
+                    d = env.unlock_decided.decision_latency
+                    values.append(d.seconds + d.nanos / 1e9)
+                await msg.ack()
+    finally:
+        await nc.close()
+    return {"p50_ms": percentile(values, 0.5) * 1e3, "p99_ms": percentile(values, 0.99) * 1e3, "calls": len(values)}

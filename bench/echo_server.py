@@ -1,0 +1,35 @@
+"""The floor: a bare echo RPC on the same server runner, TLS and interceptor as the services."""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+
+from latchkit import server
+from latchkit.settings import ServerSettings, TlsSettings
+
+ECHO = "/latchkey.bench.Echo/Echo"
+
+
+def register(srv) -> list[str]:
+    async def echo(request: bytes, context) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "latchkey.bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+    srv.add_generic_rpc_handlers((handler,))
+    return []
+
+
+async def main() -> None:
+    certs = os.environ["LATCHKEY_CERTS_DIR"]
+    settings = ServerSettings(host="127.0.0.1", port=int(os.environ["BENCH_PORT"]), metrics_port=0,
+                              grace_seconds=0.5, max_message_bytes=64 * 1024,
+                              tls=TlsSettings.for_identity("access"))
+    assert certs
+    await server.serve_forever(settings, server.ServiceSpec(name="echo", register=register))
+
+
+if __name__ == "__main__":
+    server.run(main)

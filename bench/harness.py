@@ -1,0 +1,121 @@
+"""Bench plumbing: services as subprocesses on the bench stack, and a closed-loop load generator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from latchkit import endpoints
+from latchkit.run import health_of
+from latchkit.settings import REPO_ROOT, TlsSettings
+from latchkit.stack import free_port
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def summary_ms(latencies_s: list[float], elapsed_s: float) -> dict:
+    return {"p50_ms": percentile(latencies_s, 0.5) * 1e3, "p99_ms": percentile(latencies_s, 0.99) * 1e3,
+            "mean_ms": statistics.fmean(latencies_s) * 1e3 if latencies_s else float("nan"),
+            "rps": len(latencies_s) / elapsed_s if elapsed_s else 0.0, "calls": len(latencies_s)}
+
+
+async def closed_loop(call, in_flight: int, seconds: float, warmup: float = 0.5) -> dict:
+    """`in_flight` workers each awaiting `call(i)` back to back; latencies after the warm-up."""
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + warmup + seconds
+    measure_from = time.perf_counter() + warmup
+
+    async def worker(w: int) -> None:
+        i = w
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                return
+            await call(i)
+            t1 = time.perf_counter()
+            if t0 >= measure_from:
+                latencies.append(t1 - t0)
+            i += in_flight
+
+    await asyncio.gather(*(worker(w) for w in range(in_flight)))
+    return summary_ms(latencies, seconds)
+
+
+def aio_channel(target: str, tls: TlsSettings) -> grpc.aio.Channel:
+    creds = grpc.ssl_channel_credentials(tls.ca_file.read_bytes(), tls.key_file.read_bytes(),
+                                         tls.cert_file.read_bytes())
+    return grpc.aio.secure_channel(target, creds)
+
+
+def tls(pki_dir: Path, name: str) -> TlsSettings:
+    return TlsSettings(pki_dir / "ca.pem", pki_dir / f"{name}.pem", pki_dir / f"{name}-key.pem")
+
+
+@dataclass
+class Services:
+    procs: dict[str, subprocess.Popen]
+    targets: dict[str, str]
+    env: dict[str, str]
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def start_services(stack_urls, pki_dir: Path, state_dir: Path, names=("permissions", "access", "audit"),
+                   extra_env: dict | None = None) -> Services:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "LATCHKEY_STATE_DIR": str(state_dir), "LATCHKEY_CERTS_DIR": str(pki_dir),
+           "LATCHKEY_POSTGRES_DSN": stack_urls.postgres_dsn, "LATCHKEY_REDIS_URL": stack_urls.redis_url,
+           "LATCHKEY_NATS_URL": stack_urls.nats_url, "LATCHKEY_LOG_LEVEL": "WARNING",
+           "LATCHKEY_CLIENT_TLS_CA": str(pki_dir / "ca.pem"), "LATCHKEY_CLIENT_TLS_CERT": str(pki_dir / "admin.pem"),
+           "LATCHKEY_CLIENT_TLS_KEY": str(pki_dir / "admin-key.pem"), **(extra_env or {})}
+    for e in endpoints.ALL:
+        env[f"{e.env_prefix}_PORT"] = str(free_port())
+        env[f"{e.env_prefix}_METRICS_PORT"] = "0"
+    subprocess.run([sys.executable, "-m", "latchkit.cli_migrate"], env=env, cwd=REPO_ROOT, check=True)
+    targets = {e.service: f"localhost:{env[f'{e.env_prefix}_PORT']}" for e in endpoints.ALL if e.service in names}
+    procs = {n: subprocess.Popen([sys.executable, "-m", f"services.{n}"], env=env, cwd=REPO_ROOT) for n in targets}
+    wait_healthy(targets, procs, env)
+    return Services(procs, targets, env)
+
+
+def start_module(module: str, env: dict, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", module], env={**env, "BENCH_PORT": str(port)}, cwd=REPO_ROOT)
+    wait_healthy({module: f"localhost:{port}"}, {module: proc}, env)
+    return proc
+
+
+def wait_healthy(targets: dict, procs: dict, env: dict) -> None:
+    saved = {k: os.environ.get(k) for k in ("LATCHKEY_CLIENT_TLS_CA", "LATCHKEY_CLIENT_TLS_CERT",
+                                            "LATCHKEY_CLIENT_TLS_KEY")}
+    os.environ.update({k: env[k] for k in saved})
+    try:
+        deadline = time.monotonic() + 60
+        for name, target in targets.items():
+            while health_of(target, timeout=0.5) != "SERVING":
+                if procs[name].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not start")
+                time.sleep(0.1)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

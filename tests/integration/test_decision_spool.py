@@ -1,0 +1,67 @@
+"""The decision spool: events decided while NATS is down survive a restart of the process and arrive in order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import nats
+from latchkey.events.v1 import events_pb2 as ev
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from latchkit import envelope
+from latchkit.bus import DECISIONS_STREAM, BusSettings
+from services.access.adapters.sqlite_spool import SqliteDecisionSpool
+from services.access.decisions import DecisionPublisher
+
+
+def decision(door: str) -> ev.Envelope:
+    return envelope.build(ev.UnlockDecided(decision_id=str(uuid.uuid4()), door_id=door, decision=1),
+                          actor="spiffe://latchkey/door/x", aggregate_key=f"door/{door}")
+
+
+async def stored_decisions(url: str, door: str) -> list[str]:
+    nc = await nats.connect(url)
+    try:
+        sub = await nc.jetstream().pull_subscribe(f"latchkey.decisions.{door}", stream=DECISIONS_STREAM,
+                                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        ids = []
+        while True:
+            try:
+                msgs = await sub.fetch(100, timeout=1)
+            except TimeoutError:
+                return ids
+            ids += [ev.Envelope.FromString(m.data).unlock_decided.decision_id for m in msgs]
+    finally:
+        await nc.close()
+
+
+async def test_spooled_decisions_survive_a_restart_and_flow_in_order(stack, urls, tmp_path):
+    door = uuid.uuid4().hex
+    bus = BusSettings(url=urls.nats_url, duplicate_window_s=600.0)
+    stack.stop_component("nats")
+    try:
+        # NATS is down: decisions are recorded, then spilled to the spool on disk.
+        first = DecisionPublisher(SqliteDecisionSpool(tmp_path / "spool.sqlite"), bus, spill_after=0.0)
+        events = [decision(door) for _ in range(50)]
+        for e in events:
+            first.record(e)
+        await first.spill()
+        assert await first.spool.count() == 50
+        # The process dies (no graceful shutdown): nothing in memory, the file stays.
+        await first.spool.close()
+    finally:
+        stack.start_component("nats")
+    # A new process with the same spool publishes everything, in order, once.
+    second = DecisionPublisher(SqliteDecisionSpool(tmp_path / "spool.sqlite"), bus)
+    task = asyncio.create_task(second.run_publisher())
+    try:
+        deadline = time.monotonic() + 20
+        while await second.spool.count() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert await second.spool.count() == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert await stored_decisions(urls.nats_url, door) == [e.unlock_decided.decision_id for e in events]
