@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import nats
@@ -14,6 +13,7 @@ from latchkit import envelope
 from latchkit.bus import DECISIONS_STREAM, BusSettings
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 from services.access.decisions import DecisionPublisher
+from tests.waiting import until
 
 
 def decision(door: str) -> ev.Envelope:
@@ -57,10 +57,9 @@ async def test_spooled_decisions_survive_a_restart_and_flow_in_order(stack, urls
     second = DecisionPublisher(SqliteDecisionSpool(tmp_path / "spool.sqlite"), bus)
     task = asyncio.create_task(second.run_publisher())
     try:
-        deadline = time.monotonic() + 20
-        while await second.spool.count() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert await second.spool.count() == 0
+        async def drained():
+            return await second.spool.count() == 0
+        await until(drained, "the spool to drain")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

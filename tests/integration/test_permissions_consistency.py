@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 import uuid
 
 import nats
@@ -20,16 +19,7 @@ from latchkit.access_rules import evaluate
 from latchkit.bus import PERMISSIONS_STREAM, BusSettings
 from services.permissions.relay import OutboxRelay
 from tests.integration.conftest import aio_channel, start_permissions
-
-
-async def until(predicate, what: str, limit_s: float = 20.0):
-    """Poll an async predicate until true; a bounded wait, failing with `what`."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.waiting import until
 
 
 @pytest.fixture
