@@ -47,11 +47,13 @@ async def pair_access(uow: UnitOfWork, pairs: set[Pair]) -> dict[Pair, PairAcces
             ids=schedule_ids,
         ):
             windows[w["s"]].append(Window(w["day"], w["start_minute"], w["end_minute"]))
-    suspended = {r["u"]: r["suspended"] for r in await uow.rows(
-        "SELECT user_id::text AS u, suspended FROM users WHERE user_id = ANY(CAST(:ids AS uuid[]))", ids=users)}
-    door_state = {r["d"]: r for r in await uow.rows(
-        "SELECT door_id::text AS d, lockdown, time_zone FROM doors WHERE door_id = ANY(CAST(:ids AS uuid[]))",
-        ids=doors)}
+    state = await uow.rows(
+        "SELECT 'u' AS kind, user_id::text AS id, suspended AS flag, '' AS time_zone FROM users "
+        "WHERE user_id = ANY(CAST(:users AS uuid[])) UNION ALL "
+        "SELECT 'd', door_id::text, lockdown, time_zone FROM doors WHERE door_id = ANY(CAST(:doors AS uuid[]))",
+        users=users, doors=doors)
+    suspended = {r["id"]: r["flag"] for r in state if r["kind"] == "u"}
+    door_state = {r["id"]: {"lockdown": r["flag"], "time_zone": r["time_zone"]} for r in state if r["kind"] == "d"}
     rules: dict[Pair, list[Rule]] = defaultdict(list)
     for r in rows:
         pair = (r["door_id"], r["user_id"])

@@ -128,7 +128,10 @@ class OutboxRelay:
             now = dt.datetime.now(dt.UTC)
             for row in rows[:acked]:
                 PUBLISH_LAG.observe((now - row[5]).total_seconds())
-        backlog = (await (await conn.execute("SELECT count(*) FROM outbox")).fetchone())[0]
+        # A full round means more may be waiting; only then is counting worth a query.
+        backlog = len(rows) - acked
+        if len(rows) == self.batch:
+            backlog = (await (await conn.execute("SELECT count(*) FROM outbox")).fetchone())[0]
         BACKLOG.set(backlog)
         if error is not None:
             raise error

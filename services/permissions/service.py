@@ -334,24 +334,22 @@ class Access:
             await get(uow, "schedules", schedule_id, field="grant.schedule_id")
         if valid_from and valid_until and valid_until <= valid_from:
             raise InvalidArgument("grant.valid_until", "must be after valid_from")
-        grant_id = new_id()
-        await uow.execute(
+        row = await uow.row(
             "INSERT INTO grants (grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id, "
             "create_time) VALUES (CAST(:g AS uuid), CAST(NULLIF(:u, '') AS uuid), CAST(NULLIF(:gr, '') AS uuid), "
-            "CAST(:d AS uuid), :vf, :vu, CAST(NULLIF(:s, '') AS uuid), :t)",
-            g=grant_id, u=user_id, gr=group_id, d=door_id, vf=valid_from, vu=valid_until, s=schedule_id, t=now())
-        row = await get(uow, "grants", grant_id)
+            f"CAST(:d AS uuid), :vf, :vu, CAST(NULLIF(:s, '') AS uuid), :t) RETURNING {GRANT_COLS}",
+            g=new_id(), u=user_id, gr=group_id, d=door_id, vf=valid_from, vu=valid_until, s=schedule_id, t=now())
+        grant_id = row["grant_id"]
         uow.emit(grant_event(row), f"grant/{grant_id}")
         await effective.publish_pairs(uow, await effective.pairs_of_grant(uow, row))
         return row
 
     async def revoke(self, uow: UnitOfWork, grant_id: str) -> dict:
-        row = await get(uow, "grants", grant_id, lock=True)
-        if row["revoked"]:
+        row = await uow.row(f"UPDATE grants SET revoked = true, revoke_time = :t WHERE grant_id = CAST(:g AS uuid) "
+                            f"AND NOT revoked RETURNING {GRANT_COLS}", t=now(), g=grant_id)
+        if row is None:
+            await get(uow, "grants", grant_id)  # NOT_FOUND if it does not exist
             raise FailedPrecondition(f"grant {grant_id} is already revoked")
-        await uow.execute("UPDATE grants SET revoked = true, revoke_time = :t WHERE grant_id = CAST(:g AS uuid)",
-                          t=now(), g=grant_id)
-        row = await get(uow, "grants", grant_id)
         uow.emit(grant_event(row), f"grant/{grant_id}")
         await effective.publish_pairs(uow, await effective.pairs_of_grant(uow, row))
         return row

@@ -33,7 +33,7 @@ class PermissionsSettings:
                                            identity="permissions"),
             bus=BusSettings.from_env(),
             postgres_dsn=env_str("LATCHKEY_POSTGRES_DSN", DEFAULT_DSN),
-            pool_size=env_int("LATCHKEY_PERMISSIONS_DB_POOL_SIZE", 10, minimum=1),
+            pool_size=env_int("LATCHKEY_PERMISSIONS_DB_POOL_SIZE", 20, minimum=1),
             relay_poll_seconds=env_float("LATCHKEY_OUTBOX_POLL_SECONDS", 0.5),
             relay_batch=env_int("LATCHKEY_OUTBOX_BATCH", 256, minimum=1),
         )
