@@ -65,7 +65,7 @@ class Ingest:
             with contextlib.suppress(NotFoundError):
                 await js.delete_consumer(stream, durable)
             await js.add_consumer(stream, ConsumerConfig(
-                durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_ack_pending=20_000,
+                durable_name=durable, ack_policy=AckPolicy.ALL, ack_wait=60, max_ack_pending=20_000,
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE if position else DeliverPolicy.ALL,
                 opt_start_seq=position + 1 if position else None))
             sub = await js.pull_subscribe_bind(durable, stream=stream)
@@ -92,8 +92,8 @@ class Ingest:
                 log.error("parked an undecodable message", extra={"stream": stream, "stream_seq": seq})
         last = msgs[-1].metadata.sequence.stream
         added = await self.store.append(records, stream, last)
-        for msg in msgs:
-            await msg.ack()
+        # AckPolicy.ALL: acknowledging the last message acknowledges the batch.
+        await msgs[-1].ack()
         INGESTED.labels(stream).inc(added)
         if added:
             async with self.appended:
