@@ -1,0 +1,56 @@
+"""`latchkey access ...`: the view's schema and its rebuild."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+app = typer.Typer(help="The access service's unlock view.", no_args_is_help=True)
+console = Console()
+
+
+@app.command("migrate-cql")
+def migrate_cql(replication_factor: int = typer.Option(3, "--rf", help="replicas per data centre")) -> None:
+    """Apply the unlock view's CQL files to LATCHKEY_SCYLLA_HOSTS (idempotent)."""
+    from latchkit.scylla import ScyllaSettings
+    from services.access.adapters.scylla_view import apply_schema
+
+    settings = ScyllaSettings.from_env()
+    if not settings.hosts:
+        raise typer.BadParameter("set LATCHKEY_SCYLLA_HOSTS to the cluster's contact points")
+    for name in asyncio.run(apply_schema(settings, replication_factor)):
+        console.print(f"applied {name}")
+
+
+@app.command("rebuild-view")
+def rebuild_view() -> None:
+    """Repopulate the unlock view and Redis from PostgreSQL; Unlock keeps serving meanwhile."""
+    from services.access import bootstrap
+    from services.access.adapters.redis_cache import RedisUnlockCache
+    from services.access.rebuild import rebuild
+    from services.access.settings import AccessSettings
+    from services.permissions.adapters.postgres import Database
+    from services.permissions.settings import PermissionsSettings
+
+    async def main() -> dict:
+        settings = AccessSettings.from_env()
+        view = bootstrap.build_view(settings)
+        await view.open()
+        cache = RedisUnlockCache(settings.redis_url, settings.cache_ttl_seconds, settings.negative_ttl_seconds)
+        db = Database(PermissionsSettings.from_env().postgres_dsn, pool_size=2)
+        try:
+            with Progress(console=console) as bar:
+                task = bar.add_task("rebuilding the unlock view", total=None)
+                return await rebuild(db, view, cache, lambda done, total: bar.update(task, completed=done,
+                                                                                  total=total))
+        finally:
+            await db.close()
+            await cache.close()
+            await view.close()
+
+    result = asyncio.run(main())
+    console.print(f"view rebuilt at revision {result['revision']}: {result['pairs']} pairs, "
+                  f"{result['credentials']} credentials, {result['tombstoned']} stale pairs closed")
