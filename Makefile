@@ -66,7 +66,7 @@ run: setup certs stack-up ## start the stack and all three services (Ctrl-C stop
 	$(LATCHKEY) run
 
 .PHONY: test
-test: setup lint ## run the whole test suite against a private stack
+test: setup lint k8s-check ## run the whole test suite against a private stack
 	$(VENV)/bin/pytest
 
 # ---- checks and measurements ----------------------------------------------
@@ -74,6 +74,10 @@ test: setup lint ## run the whole test suite against a private stack
 lint: setup ## buf lint on the contract, ruff on the code
 	scripts/buf-lint.sh
 	$(VENV)/bin/ruff check latchkit services tests bench
+
+.PHONY: k8s-check
+k8s-check: setup ## render deploy/k8s overlays, validate them, policy-scan them and the Dockerfile
+	scripts/k8s-check.sh
 
 .PHONY: fuzz
 fuzz: setup ## the fuzz suite with a large budget (400 inputs per RPC)

@@ -113,11 +113,11 @@ def run() -> None:
 
 
 @app.command("health")
-def health_cmd() -> None:
-    """Check every service's gRPC health over mTLS."""
+def health_cmd(only: str = typer.Option("", help="check just this service (permissions, access, audit)")) -> None:
+    """Check the services' gRPC health over mTLS (exit 1 unless SERVING); also the Kubernetes probe."""
     from latchkit.run import check_health
 
-    ok = check_health(console)
+    ok = check_health(console, only=only)
     raise typer.Exit(0 if ok else 1)
 
 

@@ -62,9 +62,11 @@ def health_of(target: str, timeout: float = 2.0) -> str:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def check_health(console: Console) -> bool:
+def check_health(console: Console, only: str = "") -> bool:
     ok = True
     for endpoint in endpoints.ALL:
+        if only and endpoint.service != only:
+            continue
         status = health_of(endpoint.target)
         ok &= status == "SERVING"
         console.print(f"{endpoint.service:12} {endpoint.target:18} {status}")

@@ -66,7 +66,8 @@ def build(settings: AccessSettings | None = None) -> AccessApp:
     spool = SqliteDecisionSpool(settings.data_dir / f"decisions-{settings.worker_index}.sqlite")
     decisions = DecisionPublisher(spool, settings.bus)
     # One logical projector: only worker 0 runs it.
-    projector = Projector(view, cache, settings.bus) if settings.worker_index == 0 else None
+    projector = (Projector(view, cache, settings.bus, instance=settings.instance)
+                 if settings.worker_index == 0 else None)
     service = UnlockService(
         view, cache, decisions, secrets.load_hmac_key(), projector=projector,
         min_revision_wait=settings.min_revision_wait_seconds,

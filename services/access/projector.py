@@ -27,7 +27,8 @@ from services.access.adapters.redis_cache import RedisUnlockCache
 from services.access.ports import CredentialRow, PairRow, UnlockView, ViewBatch
 
 log = logging.getLogger("latchkey.access.projector")
-DURABLE = "access-projector"
+DURABLE_PREFIX = "access-projector-"
+IDLE_CONSUMER_SECONDS = 24 * 3600
 
 
 def advance(watermark: int, partial: dict[int, tuple[int, list[int]]], revision: int, index: int,
@@ -58,7 +59,11 @@ def to_rows(env) -> tuple[list[PairRow], list[CredentialRow]]:
 
 
 class Projector:
-    def __init__(self, view: UnlockView, cache: RedisUnlockCache, bus: BusSettings, *, batch: int = 256) -> None:
+    def __init__(self, view: UnlockView, cache: RedisUnlockCache, bus: BusSettings, *, batch: int = 256,
+                 instance: str = "local") -> None:
+        # One durable consumer per instance: each instance applies the whole stream
+        # to its view; a consumer idle for a day (a pod that is gone) is removed.
+        self.durable = DURABLE_PREFIX + "".join(c if c.isalnum() or c in "-_" else "_" for c in instance)
         self.view = view
         self.cache = cache
         self.bus = bus
@@ -84,13 +89,14 @@ class Projector:
         try:
             js = nc.jetstream()
             await ensure_streams(js, self.bus)
-            config = ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT,
-                                    deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_ack_pending=10_000)
+            config = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT,
+                                    deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_ack_pending=10_000,
+                                    inactive_threshold=IDLE_CONSUMER_SECONDS)
             try:
-                await js.consumer_info(PERMISSIONS_STREAM, DURABLE)
+                await js.consumer_info(PERMISSIONS_STREAM, self.durable)
             except NotFoundError:
                 await js.add_consumer(PERMISSIONS_STREAM, config)
-            sub = await js.pull_subscribe_bind(DURABLE, stream=PERMISSIONS_STREAM)
+            sub = await js.pull_subscribe_bind(self.durable, stream=PERMISSIONS_STREAM)
             self.watermark, partial = await self.view.progress()
             await self._notify()
             while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,9 @@ class AccessSettings:
     """LATCHKEY_ACCESS_WORKERS: processes sharing the port (default: the number of cores)."""
     worker_index: int
     """Set by the service itself for its extra worker processes."""
+    instance: str
+    """LATCHKEY_ACCESS_INSTANCE (default: the host name): names this instance's projector consumer.
+    Every instance projects the whole stream into its view (idempotent by version)."""
     view_backend: str
     """LATCHKEY_VIEW_BACKEND: embedded (default without Scylla hosts) or scylla."""
     data_dir: Path
@@ -59,6 +63,7 @@ class AccessSettings:
             redis_url=env_str("LATCHKEY_REDIS_URL", "redis://127.0.0.1:56379/0"),
             workers=env_int("LATCHKEY_ACCESS_WORKERS", os.cpu_count() or 1, minimum=1),
             worker_index=env_int("LATCHKEY_ACCESS_WORKER_INDEX", 0, minimum=0),
+            instance=env_str("LATCHKEY_ACCESS_INSTANCE", socket.gethostname()),
             view_backend=backend,
             data_dir=state_dir() / "access",
             cache_ttl_seconds=env_int("LATCHKEY_ACCESS_CACHE_TTL_SECONDS", 300, minimum=1),
