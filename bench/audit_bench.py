@@ -17,12 +17,14 @@ import nats
 from latchkey.audit.v1 import audit_pb2, audit_pb2_grpc
 from latchkey.events.v1 import events_pb2 as ev
 
-from bench.harness import aio_channel, percentile, start_services, tls
+from bench.harness import aio_channel, percentile, start_module, start_services, tls
 from latchkit import envelope
 from latchkit.bus import DECISIONS_STREAM, BusSettings, ensure_streams
+from latchkit.stack import free_port
 from services.audit.adapters.sqlite_store import SqliteAuditStore
 from services.audit.records import to_record
 
+AUDIT_ITEM_BYTES = 520  # a serialized AuditLogResponse for an unlock decision, about
 STORED = int(os.environ.get("LATCHKEY_BENCH_AUDIT_EVENTS", "1000000"))
 INGEST = 20_000
 LAG_RATE, LAG_SECONDS = 500, 5
@@ -61,6 +63,10 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
         async with aio_channel(services.targets["audit"], tls(pki_dir, "auditor")) as ch:
             stub = audit_pb2_grpc.AuditServiceStub(ch)
             rows["auditlog_stream_one_client"] = await stream_rate(stub)
+            rows["stream_floor_one_client"] = await stream_floor(services.env, pki_dir,
+                                                                 rows["auditlog_stream_one_client"])
+            rows["auditlog_stream_one_client"]["rps_x_floor"] = (rows["auditlog_stream_one_client"]["rps"]
+                                                                  / rows["stream_floor_one_client"]["rps"])
             rows["ingest"] = await ingest(js, stub)
             rows["publish_to_visible_lag"] = await visible_lag(js, stub)
     finally:
@@ -76,6 +82,24 @@ async def stream_rate(stub) -> dict:
         count += 1
     elapsed = time.perf_counter() - t0
     return {"calls": count, "rps": count / elapsed, "seconds": elapsed}
+
+
+async def stream_floor(env: dict, pki_dir: Path, measured: dict) -> dict:
+    """A bare server stream of messages the size of an AuditLog item, on the same runner and TLS."""
+    port = free_port()
+    echo = start_module("bench.echo_server", env, port)
+    try:
+        count = max(100_000, min(measured["calls"], 1_000_000))
+        async with aio_channel(f"localhost:{port}", tls(pki_dir, "auditor")) as ch:
+            call = ch.unary_stream("/latchkey.bench.Echo/Stream")
+            t0 = time.perf_counter()
+            received = 0
+            async for _ in call(f"{count}:{AUDIT_ITEM_BYTES}".encode(), timeout=3600):
+                received += 1
+            elapsed = time.perf_counter() - t0
+    finally:
+        echo.terminate()
+    return {"calls": received, "rps": received / elapsed, "seconds": elapsed}
 
 
 async def ingest(js, stub) -> dict:

@@ -1,4 +1,4 @@
-"""The floor: a bare echo RPC on the same server runner, TLS and interceptor as the services."""
+"""The floors: a bare echo RPC and a bare server stream on the same runner, TLS and interceptor as the services."""
 
 from __future__ import annotations
 
@@ -16,8 +16,16 @@ def register(srv) -> list[str]:
     async def echo(request: bytes, context) -> bytes:
         return request
 
+    async def stream(request: bytes, context):
+        """The streaming floor: `count:size` -> count messages of size bytes."""
+        count, size = (int(x) for x in request.decode().split(":"))
+        payload = b"x" * size
+        for _ in range(count):
+            yield payload
+
     handler = grpc.method_handlers_generic_handler(
-        "latchkey.bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+        "latchkey.bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo),
+                                "Stream": grpc.unary_stream_rpc_method_handler(stream)})
     srv.add_generic_rpc_handlers((handler,))
     return []
 

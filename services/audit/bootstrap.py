@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from latchkey.audit.v1 import audit_pb2, audit_pb2_grpc
-
 from latchkit import authz
 from latchkit.server import ServiceSpec
-from services.audit.grpc_api import AuditServicer
+from services.audit.grpc_api import AuditServicer, add_to_server
 from services.audit.ingest import Ingest
 from services.audit.ports import AuditStore
 from services.audit.settings import AuditSettings
@@ -32,8 +30,7 @@ class AuditApp:
 
     def spec(self) -> ServiceSpec:
         def register(server) -> list[str]:
-            audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.store, self.ingest), server)
-            return [audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name]
+            return [add_to_server(AuditServicer(self.store, self.ingest), server)]
 
         return ServiceSpec(name="audit", register=register, on_stop=self.store.close, policy=authz.allowed,
                            background=[self.ingest.run])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 
+import grpc
 from latchkey.audit.v1 import audit_pb2, audit_pb2_grpc
 
 from latchkit.envelope import PAYLOAD_TYPES
 from latchkit.errors import InvalidArgument, ServiceError, abort, handles_errors
 from services.audit.ingest import Ingest
 from services.audit.ports import AuditQuery, AuditStore
-from services.audit.records import to_event
+from services.audit.records import encode_response
 
 PAGE = 256
 KNOWN_TYPES = frozenset(PAYLOAD_TYPES.values())
@@ -60,6 +61,21 @@ def parse_query(request) -> tuple[AuditQuery, int]:
     return query, decode_cursor(request.cursor)
 
 
+def add_to_server(servicer: AuditServicer, server) -> str:
+    """Like the generated registration, but AuditLog items leave pre-serialized (see encode_response)."""
+    name = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+    handlers = {
+        "AuditLog": grpc.unary_stream_rpc_method_handler(
+            servicer.AuditLog, request_deserializer=audit_pb2.AuditLogRequest.FromString,
+            response_serializer=bytes),
+        "VerifyChain": grpc.unary_unary_rpc_method_handler(
+            servicer.VerifyChain, request_deserializer=audit_pb2.VerifyChainRequest.FromString,
+            response_serializer=audit_pb2.VerifyChainResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    return name
+
+
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def __init__(self, store: AuditStore, ingest: Ingest | None) -> None:
         self.store = store
@@ -84,7 +100,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             records = await self.store.read(query, after, PAGE)
             for record in records:
                 after = record.seq
-                yield audit_pb2.AuditLogResponse(event=to_event(record), cursor=encode_cursor(record.seq))
+                yield encode_response(record, encode_cursor(record.seq))
             if len(records) == PAGE:
                 continue
             if not request.follow or self.ingest is None:

@@ -38,7 +38,39 @@ def to_record(env, raw: bytes) -> AuditRecord:
     )
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_ENVELOPE_TAG = bytes([(audit_pb2.AuditEvent.ENVELOPE_FIELD_NUMBER << 3) | 2])
+_EVENT_TAG = bytes([(audit_pb2.AuditLogResponse.EVENT_FIELD_NUMBER << 3) | 2])
+_CURSOR_TAG = bytes([(audit_pb2.AuditLogResponse.CURSOR_FIELD_NUMBER << 3) | 2])
+
+
+def encode_response(r: AuditRecord, cursor: str) -> bytes:
+    """A serialized AuditLogResponse, with the stored envelope bytes spliced in as they are.
+
+    The streaming hot path: parsing each envelope only to serialize it again
+    would cost more than the rest of the item. Protobuf accepts fields in any
+    order, so the envelope field is appended after the others.
+    """
+    event = _header(r).SerializeToString() + _ENVELOPE_TAG + _varint(len(r.envelope)) + r.envelope
+    c = cursor.encode()
+    return _EVENT_TAG + _varint(len(event)) + event + _CURSOR_TAG + _varint(len(c)) + c
+
+
 def to_event(r: AuditRecord) -> audit_pb2.AuditEvent:
+    event = _header(r)
+    event.envelope.ParseFromString(r.envelope)
+    return event
+
+
+def _header(r: AuditRecord) -> audit_pb2.AuditEvent:
     event = audit_pb2.AuditEvent(
         event_id=r.event_id, type=r.type, actor=r.actor, action=r.action, user_id=r.user_id, door_id=r.door_id,
         credential_id=r.credential_id, outcome=r.outcome, reason=r.reason, revision=r.revision,
@@ -46,5 +78,4 @@ def to_event(r: AuditRecord) -> audit_pb2.AuditEvent:
     )
     event.source_time.FromMicroseconds(r.source_time_us)
     event.stored_time.FromMicroseconds(r.stored_time_us)
-    event.envelope.ParseFromString(r.envelope)
     return event

@@ -145,3 +145,17 @@ async def test_the_stream_position_is_recorded_with_the_write(store):
     await store.append([], "DECISIONS", 42)
     await store.append([record(2)], "PERMISSIONS", 7)
     assert (await store.position("DECISIONS"), await store.position("PERMISSIONS")) == (42, 7)
+
+
+def test_the_spliced_stream_item_equals_the_protobuf_one():
+    from latchkey.audit.v1 import audit_pb2
+    from latchkey.events.v1 import events_pb2 as ev
+
+    from latchkit import envelope
+    from services.audit.records import encode_response, to_event, to_record
+
+    env = envelope.build(ev.UnlockDecided(decision_id="d", door_id="door", decision=1, reason=1),
+                         actor="spiffe://latchkey/door/door", aggregate_key="door/door")
+    r = to_record(env, env.SerializeToString())
+    expected = audit_pb2.AuditLogResponse(event=to_event(r), cursor="c-1")
+    assert audit_pb2.AuditLogResponse.FromString(encode_response(r, "c-1")) == expected
