@@ -21,9 +21,8 @@ async def store(request, tmp_path):
 
         s = SqliteAuditStore(tmp_path / "audit.sqlite")
     else:
-        from services.audit.adapters.scylla_store import ScyllaAuditStore, apply_schema
-
         from latchkit.scylla import ScyllaSettings
+        from services.audit.adapters.scylla_store import ScyllaAuditStore, apply_schema
 
         base = ScyllaSettings.from_env()
         settings = ScyllaSettings(base.hosts, f"lk_test_{uuid.uuid4().hex[:8]}", base.local_dc)
