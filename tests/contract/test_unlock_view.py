@@ -24,9 +24,8 @@ async def view(request, tmp_path):
 
         store = SqliteUnlockView(tmp_path / "view.sqlite")
     else:
-        from services.access.adapters.scylla_view import ScyllaUnlockView, apply_schema
-
         from latchkit.scylla import ScyllaSettings
+        from services.access.adapters.scylla_view import ScyllaUnlockView, apply_schema
 
         settings = ScyllaSettings.from_env()
         settings = ScyllaSettings(settings.hosts, f"lk_test_{uuid.uuid4().hex[:8]}", settings.local_dc)
