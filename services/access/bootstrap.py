@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from latchkey.access.v1 import access_pb2, access_pb2_grpc
@@ -61,6 +62,9 @@ class AccessApp:
 
 def build(settings: AccessSettings | None = None) -> AccessApp:
     settings = settings or AccessSettings.from_env()
+    if settings.worker_index > 0:
+        # The workers share the gRPC port, not the metrics port: the first worker serves metrics.
+        settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, metrics_port=0))
     view = build_view(settings)
     cache = RedisUnlockCache(settings.redis_url, settings.cache_ttl_seconds, settings.negative_ttl_seconds)
     spool = SqliteDecisionSpool(settings.data_dir / f"decisions-{settings.worker_index}.sqlite")
