@@ -69,11 +69,13 @@ class UnlockService:
         while applied < revision and time.monotonic() < deadline:
             remaining = deadline - time.monotonic()
             if self.projector is not None:
+                # Check again under the condition's lock: a notify cannot slip in between.
                 async with self.projector.changed:
-                    try:
-                        await asyncio.wait_for(self.projector.changed.wait(), timeout=remaining)
-                    except TimeoutError:
-                        pass
+                    if self.projector.watermark < revision:
+                        try:
+                            await asyncio.wait_for(self.projector.changed.wait(), timeout=remaining)
+                        except TimeoutError:
+                            pass
             else:
                 # Another process projects: poll its progress in the shared view.
                 await asyncio.sleep(min(0.002, max(remaining, 0)))
