@@ -87,7 +87,7 @@ def export(out: Path = typer.Option(None, help="file to write; default: standard
 
     if fmt not in ("jsonl", "csv"):
         raise typer.BadParameter("--format must be jsonl or csv")
-    request = audit_pb2.AuditLogRequest(door_id=door, user_id=user, event_types=event_type)
+    request = audit_pb2.AuditLogRequest(door_id=door, user_id=user, event_types=event_type, max_batch=256)
     _ts(start, request.start_time)
     _ts(end, request.end_time)
     channel, stub = _stub()
@@ -99,8 +99,7 @@ def export(out: Path = typer.Option(None, help="file to write; default: standard
     try:
         with channel, Progress(console=console, transient=out is None) as bar:
             task = bar.add_task("exporting audit events", total=None)
-            for item in stub.AuditLog(request, timeout=24 * 3600):
-                e = item.event
+            for e in (e for item in stub.AuditLog(request, timeout=24 * 3600) for e in item.events):
                 if writer:
                     writer.writerow([e.event_id, e.type, e.actor, e.action, e.user_id, e.door_id, e.credential_id,
                                      e.outcome, e.reason, e.revision, e.source_time.ToJsonString(),

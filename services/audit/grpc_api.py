@@ -12,9 +12,10 @@ from latchkit.envelope import PAYLOAD_TYPES
 from latchkit.errors import InvalidArgument, ServiceError, abort, handles_errors
 from services.audit.ingest import Ingest
 from services.audit.ports import AuditQuery, AuditStore
-from services.audit.records import encode_response
+from services.audit.records import encode_batch, encode_response
 
 PAGE = 256
+MAX_BATCH = 1000
 KNOWN_TYPES = frozenset(PAYLOAD_TYPES.values())
 MAX_TS = 253402300799
 
@@ -89,6 +90,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         """
         try:
             query, after = parse_query(request)
+            if not 0 <= request.max_batch <= MAX_BATCH:
+                raise InvalidArgument("max_batch", f"must be within 0..{MAX_BATCH}")
+            batch = request.max_batch
         except ServiceError as exc:
             await abort(context, exc)
             return
@@ -97,11 +101,17 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 # Read the store's tail before reading, so nothing appended after the
                 # read can be missed by the wait below.
                 tail = await self.store.last_seq()
-            records = await self.store.read(query, after, PAGE)
-            for record in records:
-                after = record.seq
-                yield encode_response(record, encode_cursor(record.seq))
-            if len(records) == PAGE:
+            records = await self.store.read(query, after, max(PAGE, batch))
+            if batch > 1:
+                for start in range(0, len(records), batch):
+                    chunk = records[start:start + batch]
+                    after = chunk[-1].seq
+                    yield encode_batch(chunk, encode_cursor(after))
+            else:
+                for record in records:
+                    after = record.seq
+                    yield encode_response(record, encode_cursor(record.seq))
+            if len(records) == max(PAGE, batch):
                 continue
             if not request.follow or self.ingest is None:
                 return

@@ -52,6 +52,23 @@ _EVENT_TAG = bytes([(audit_pb2.AuditLogResponse.EVENT_FIELD_NUMBER << 3) | 2])
 _CURSOR_TAG = bytes([(audit_pb2.AuditLogResponse.CURSOR_FIELD_NUMBER << 3) | 2])
 
 
+_EVENTS_TAG = bytes([(audit_pb2.AuditLogResponse.EVENTS_FIELD_NUMBER << 3) | 2])
+
+
+def _event_bytes(r: AuditRecord) -> bytes:
+    return _header(r).SerializeToString() + _ENVELOPE_TAG + _varint(len(r.envelope)) + r.envelope
+
+
+def encode_batch(records: list[AuditRecord], cursor: str) -> bytes:
+    """A serialized AuditLogResponse carrying `records` in `events` (max_batch > 1)."""
+    parts = []
+    for r in records:
+        event = _event_bytes(r)
+        parts += [_EVENTS_TAG, _varint(len(event)), event]
+    c = cursor.encode()
+    return b"".join(parts) + _CURSOR_TAG + _varint(len(c)) + c
+
+
 def encode_response(r: AuditRecord, cursor: str) -> bytes:
     """A serialized AuditLogResponse, with the stored envelope bytes spliced in as they are.
 
@@ -59,7 +76,7 @@ def encode_response(r: AuditRecord, cursor: str) -> bytes:
     would cost more than the rest of the item. Protobuf accepts fields in any
     order, so the envelope field is appended after the others.
     """
-    event = _header(r).SerializeToString() + _ENVELOPE_TAG + _varint(len(r.envelope)) + r.envelope
+    event = _event_bytes(r)
     c = cursor.encode()
     return _EVENT_TAG + _varint(len(event)) + event + _CURSOR_TAG + _varint(len(c)) + c
 

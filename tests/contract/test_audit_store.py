@@ -158,3 +158,17 @@ def test_the_spliced_stream_item_equals_the_protobuf_one():
     r = to_record(env, env.SerializeToString())
     expected = audit_pb2.AuditLogResponse(event=to_event(r), cursor="c-1")
     assert audit_pb2.AuditLogResponse.FromString(encode_response(r, "c-1")) == expected
+
+
+def test_the_spliced_batch_equals_the_protobuf_one():
+    from latchkey.audit.v1 import audit_pb2
+    from latchkey.events.v1 import events_pb2 as ev
+
+    from latchkit import envelope
+    from services.audit.records import encode_batch, to_event, to_record
+
+    envs = [envelope.build(ev.UnlockDecided(decision_id=f"d{i}", door_id="door", decision=1),
+                           actor="spiffe://latchkey/door/door", aggregate_key="door/door") for i in range(3)]
+    rows = [to_record(e, e.SerializeToString()) for e in envs]
+    expected = audit_pb2.AuditLogResponse(events=[to_event(r) for r in rows], cursor="c-9")
+    assert audit_pb2.AuditLogResponse.FromString(encode_batch(rows, "c-9")) == expected

@@ -147,3 +147,21 @@ def test_bad_filters_are_refused_precisely(auditor):
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in info.value.details()
     assert ev  # the events module is the contract the assertions above read
+
+
+def test_batched_reads_carry_the_same_events_and_resume_from_a_batch_cursor(system, pki, admin, auditor):
+    user, door, presented, ctl, _ = granted_door(system, pki, admin)
+    ids = [ctl.unlock(credential=presented).decision_id for _ in range(7)]
+    ctl.close()
+    audit_events(system, pki, count=8, door_id=door.door_id)
+    request = audit_pb2.AuditLogRequest(door_id=door.door_id, event_types=["access.unlock_decided"], max_batch=3)
+    batches = list(auditor.AuditLog(request, timeout=10))
+    assert [len(b.events) for b in batches] == [3, 3, 2] and not batches[0].HasField("event")
+    got = [e.envelope.unlock_decided.decision_id for b in batches for e in b.events]
+    assert got[1:] == ids
+    request.cursor = batches[0].cursor
+    rest = [e.envelope.unlock_decided.decision_id for b in auditor.AuditLog(request, timeout=10) for e in b.events]
+    assert rest == got[3:]
+    with pytest.raises(grpc.RpcError) as info:
+        list(auditor.AuditLog(audit_pb2.AuditLogRequest(max_batch=5000), timeout=5))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
