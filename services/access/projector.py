@@ -29,6 +29,7 @@ from services.access.ports import CredentialRow, PairRow, UnlockView, ViewBatch
 log = logging.getLogger("latchkey.access.projector")
 DURABLE_PREFIX = "access-projector-"
 IDLE_CONSUMER_SECONDS = 24 * 3600
+FETCH_WAIT_SECONDS = 0.02
 
 
 def advance(watermark: int, partial: dict[int, tuple[int, list[int]]], revision: int, index: int,
@@ -100,8 +101,10 @@ class Projector:
             self.watermark, partial = await self.view.progress()
             await self._notify()
             while True:
+                # A short wait: nats-py holds a partial batch until the fetch's
+                # deadline, so the deadline bounds how long an event can sit.
                 try:
-                    msgs = await sub.fetch(self.batch, timeout=1.0)
+                    msgs = await sub.fetch(self.batch, timeout=FETCH_WAIT_SECONDS)
                 except TimeoutError:
                     continue
                 await self.apply(msgs, partial)

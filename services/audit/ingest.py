@@ -30,6 +30,7 @@ from services.audit.records import to_record
 log = logging.getLogger("latchkey.audit.ingest")
 INGESTED = Counter("latchkey_audit_ingested", "Events stored by the audit ingest", ["stream"])
 PARKED = Counter("latchkey_audit_parked", "Undecodable messages parked", ["stream"])
+FETCH_WAIT_SECONDS = 0.05
 CONSUMERS = {PERMISSIONS_STREAM: "audit-permissions", DECISIONS_STREAM: "audit-decisions"}
 
 
@@ -70,8 +71,9 @@ class Ingest:
                 opt_start_seq=position + 1 if position else None))
             sub = await js.pull_subscribe_bind(durable, stream=stream)
             while True:
+                # nats-py holds a partial batch until the fetch's deadline: keep it short.
                 try:
-                    msgs = await sub.fetch(self.batch, timeout=1.0)
+                    msgs = await sub.fetch(self.batch, timeout=FETCH_WAIT_SECONDS)
                 except TimeoutError:
                     continue
                 await self.handle(stream, msgs)
