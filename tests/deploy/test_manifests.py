@@ -1,15 +1,18 @@
 """The manifests match the code: every setting a service reads is set (or deliberately defaulted),
 and every entry point the image and the manifests name exists.
 
-Reads what `make k8s-check` rendered into .state/k8s (it runs before the tests in `make test`).
+Reads what `scripts/k8s-check.sh` (`make k8s-check`, run before the tests by `make test`)
+rendered into .state/k8s; if a rendering is missing, renders it with the pinned kubectl that
+script installs into .state/tools/k8s. Needs no cluster and no running stack.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 import yaml
@@ -17,14 +20,41 @@ import yaml
 from latchkit.settings import REPO_ROOT
 
 RENDERED = REPO_ROOT / ".state" / "k8s"
+KUBECTL = REPO_ROOT / ".state" / "tools" / "k8s" / "bin" / "kubectl"
 OVERLAYS = ("single-node", "production")
 SERVICES = {"permissions": "LATCHKEY_PERMISSIONS", "access": "LATCHKEY_ACCESS", "audit": "LATCHKEY_AUDIT"}
 SHARED = ("settings.py", "bus.py", "logs.py", "secrets.py", "revocation.py")
 SCYLLA_USERS = {"access", "audit"}
+TLS_DIR = "/etc/latchkey/tls"
+
+# The settings the deployment must decide, whatever the code happens to read today
+# (docs/architecture.md, "Settings"); the code scan below adds anything newer.
+SET_EVERYWHERE = (
+    "LATCHKEY_STATE_DIR", "LATCHKEY_LOG_LEVEL", "LATCHKEY_NATS_URL", "LATCHKEY_NATS_REPLICAS",
+)
+SET_FOR = {
+    "permissions": ("LATCHKEY_POSTGRES_DSN", "LATCHKEY_CREDENTIAL_HMAC_KEY_FILE"),
+    "access": (
+        "LATCHKEY_REDIS_URL", "LATCHKEY_CREDENTIAL_HMAC_KEY_FILE", "LATCHKEY_ACCESS_WORKERS",
+        "LATCHKEY_VIEW_BACKEND", "LATCHKEY_SCYLLA_HOSTS", "LATCHKEY_SCYLLA_KEYSPACE",
+        "LATCHKEY_SCYLLA_LOCAL_DC",
+    ),
+    "audit": (
+        "LATCHKEY_AUDIT_STORE", "LATCHKEY_SCYLLA_HOSTS", "LATCHKEY_SCYLLA_KEYSPACE",
+        "LATCHKEY_SCYLLA_LOCAL_DC", "LATCHKEY_AUDIT_RETENTION_DAYS",
+    ),
+}
+SERVER_SUFFIXES = (
+    "HOST", "PORT", "METRICS_PORT", "GRACE_SECONDS", "MAX_MESSAGE_BYTES", "MAX_CONCURRENT_RPCS",
+    "TLS_CA", "TLS_CERT", "TLS_KEY",
+)
+PORTS = {"permissions": (7401, 9401), "access": (7402, 9402), "audit": (7403, 9403)}
+
 # Read by the code, deliberately left to their defaults in the manifests.
 DEFAULTED = {
     "LATCHKEY_CERTS_DIR": "every TLS path is set explicitly (<PREFIX>_TLS_*)",
-    "LATCHKEY_CREDENTIAL_HMAC_KEY": "the key is mounted as a file (LATCHKEY_CREDENTIAL_HMAC_KEY_FILE)",
+    "LATCHKEY_CREDENTIAL_HMAC_KEY": "the key is a Secret mounted as a file (LATCHKEY_CREDENTIAL_HMAC_KEY_FILE), "
+                                    "so it never shows in the environment of a process listing",
     "LATCHKEY_ACCESS_WORKER_INDEX": "set by the access service itself for the worker processes it starts",
     "LATCHKEY_NATS_DUPLICATE_WINDOW_SECONDS": "the 10-minute default covers any relay retry",
     "LATCHKEY_OUTBOX_BATCH": "tuning; default 256",
@@ -51,56 +81,101 @@ def names_in(paths) -> set[str]:
 
 def server_suffixes() -> set[str]:
     text = (REPO_ROOT / "latchkit" / "settings.py").read_text() + (REPO_ROOT / "latchkit" / "endpoints.py").read_text()
-    return set(re.findall(r"\{(?:prefix|self\.env_prefix)\}_([A-Z_]+)", text))
+    return set(re.findall(r"\{(?:prefix|self\.env_prefix)\}_([A-Z_]+)", text)) | set(SERVER_SUFFIXES)
 
 
 def required(service: str) -> set[str]:
+    """What the service's code reads (its package, the shared modules) plus the floor above."""
     files = [REPO_ROOT / "latchkit" / f for f in SHARED] + list((REPO_ROOT / "services" / service).rglob("*.py"))
     if service in SCYLLA_USERS:
         files.append(REPO_ROOT / "latchkit" / "scylla.py")
     names = {n for n in names_in(files) if not any(n.startswith(p + "_") for s, p in SERVICES.items()
                                                      if s != service)}
     names |= {f"{SERVICES[service]}_{suffix}" for suffix in server_suffixes()}
+    names |= set(SET_EVERYWHERE) | set(SET_FOR[service])
     names -= {"LATCHKEY_CLIENT"}
+    # <SVC>_TARGET is what clients dial; only the probe (latchkey health) reads it in a pod.
     return names - set(DEFAULTED)
 
 
+@functools.cache
 def documents(overlay: str) -> list[dict]:
     path = RENDERED / f"{overlay}.yaml"
-    if not path.exists():
-        pytest.fail(f"{path} is missing: run `make k8s-check` first (make test does)")
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+    if path.exists():
+        text = path.read_text()
+    else:
+        assert KUBECTL.exists(), f"{path} and {KUBECTL} are missing: run scripts/k8s-check.sh (make k8s-check)"
+        text = subprocess.run([str(KUBECTL), "kustomize", str(REPO_ROOT / "deploy/k8s/overlays" / overlay)],
+                              check=True, capture_output=True, text=True).stdout
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def find(docs: list[dict], kind: str, name: str) -> dict:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def container_env(docs: list[dict], container: dict) -> dict[str, object]:
+    """The container's effective environment: envFrom ConfigMaps, then env (which wins)."""
+    config = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    env: dict[str, object] = {}
+    for source in container.get("envFrom", []):
+        env.update(config[source["configMapRef"]["name"]])
+    for item in container.get("env", []):
+        env[item["name"]] = item.get("value", item.get("valueFrom"))
+    return env
+
+
+def service_container(docs: list[dict], name: str) -> dict:
+    return find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_setting_is_set_in_every_service_container(overlay):
     docs = documents(overlay)
-    config = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
     missing = {}
     for name in SERVICES:
-        deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
-        container = deployment["spec"]["template"]["spec"]["containers"][0]
-        present = {e["name"] for e in container.get("env", [])}
-        for source in container.get("envFrom", []):
-            present |= set(config[source["configMapRef"]["name"]])
-        absent = required(name) - present
+        absent = required(name) - set(container_env(docs, service_container(docs, name)))
         if absent:
             missing[name] = sorted(absent)
     assert missing == {}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_entry_points_named_by_the_manifests_exist(overlay):
-    for doc in documents(overlay):
-        if doc["kind"] not in ("Deployment", "Job"):
-            continue
-        for container in doc["spec"]["template"]["spec"]["containers"]:
-            args = container.get("args") or []
-            if args and args[0].startswith("services."):
-                assert importlib.util.find_spec(args[0] + ".__main__"), args[0]
-            command = " ".join(container.get("command") or [])
-            for match in re.findall(r"latchkey ([a-z-]+(?: [a-z-]+)?)", command):
-                assert latchkey_help(match.split()) == 0, match
+def test_servers_listen_on_all_interfaces_with_the_mounted_certificates(overlay):
+    docs = documents(overlay)
+    for name, prefix in SERVICES.items():
+        deployment = find(docs, "Deployment", name)
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = container_env(docs, container)
+        grpc_port, metrics_port = PORTS[name]
+        assert env[f"{prefix}_HOST"] == "0.0.0.0", name  # 127.0.0.1 (the default) is unreachable in a pod
+        assert (int(env[f"{prefix}_PORT"]), int(env[f"{prefix}_METRICS_PORT"])) == (grpc_port, metrics_port)
+        assert {p["containerPort"] for p in container["ports"]} == {grpc_port, metrics_port}
+        assert [env[f"{prefix}_TLS_{k}"] for k in ("CA", "CERT", "KEY")] == [
+            f"{TLS_DIR}/ca.crt", f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key"]
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == TLS_DIR)
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == f"latchkey-{name}-tls"
+        # The probe dials the pod itself as the pod's own identity (the server is mTLS-only).
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["exec"]["command"] == ["latchkey", "health", "--only", name]
+        assert env[f"{prefix}_TARGET"] == f"localhost:{grpc_port}"
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+        assert security["capabilities"]["drop"] == ["ALL"]
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_credential_key_comes_from_a_secret_file(overlay):
+    docs = documents(overlay)
+    for name in ("permissions", "access"):
+        pod = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        path = container_env(docs, pod["containers"][0])["LATCHKEY_CREDENTIAL_HMAC_KEY_FILE"]
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == "latchkey-hmac"
 
 
 def latchkey_help(words: list[str]) -> int:
@@ -108,25 +183,96 @@ def latchkey_help(words: list[str]) -> int:
                           cwd=REPO_ROOT, capture_output=True).returncode
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_entry_points_named_by_the_manifests_exist(overlay):
+    for doc in documents(overlay):
+        if doc["kind"] not in ("Deployment", "Job", "CronJob"):
+            continue
+        spec = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+        for container in spec["template"]["spec"]["containers"]:
+            if not container["image"].startswith("ghcr.io/latchkey/"):
+                continue  # data stores: not ours
+            args = container.get("args") or []
+            if args and args[0].startswith("services."):
+                main = REPO_ROOT / args[0].replace(".", "/") / "__main__.py"
+                assert main.exists(), f"{doc['metadata']['name']}: {main} is missing"
+            command = " ".join(container.get("command") or [])
+            for match in re.findall(r"latchkey ([a-z-]+(?: [a-z-]+)?)", command):
+                assert latchkey_help(match.split()) == 0, match
+
+
 def test_dockerfile_entrypoint_and_default_command_exist():
     text = (REPO_ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["python", "-m"]' in text
+    assert re.search(r"^USER 10001", text, re.M)
     default = re.search(r'CMD \["([a-z.]+)"\]', text).group(1)
-    assert importlib.util.find_spec(default + ".__main__")
+    assert (REPO_ROOT / default.replace(".", "/") / "__main__.py").exists(), default
+    for service in SERVICES:
+        assert (REPO_ROOT / "services" / service / "__main__.py").exists(), service
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["latchkey"] == "latchkit.cli:main"
+
+
+def test_the_image_lists_every_command_the_manifests_use():
+    """Job commands and probes need nothing the Dockerfile does not install."""
+    for words in (["migrate"], ["health"], ["access", "migrate-cql"], ["audit", "migrate-cql"],
+                  ["access", "rebuild-view"]):
+        assert latchkey_help(words) == 0, words
 
 
 def test_production_differs_only_where_an_overlay_should():
     single, production = documents("single-node"), documents("production")
-    image = {d["spec"]["template"]["spec"]["containers"][0]["image"]
-             for docs in (single, production) for d in docs
-             if d["kind"] == "Deployment" and d["metadata"]["name"] in SERVICES}
+    image = {service_container(docs, name)["image"] for docs in (single, production) for name in SERVICES}
     assert len(image) == 1
-    keys = [set(next(d for d in docs if d["metadata"]["name"] == "latchkey-config")["data"])
-            for docs in (single, production)]
+    keys = [set(find(docs, "ConfigMap", "latchkey-config")["data"]) for docs in (single, production)]
     assert keys[0] == keys[1]
-    scylla = next(d for d in production if d["kind"] == "ScyllaCluster")
+
+
+def test_single_node_uses_embedded_stores_on_volumes():
+    docs = documents("single-node")
+    config = find(docs, "ConfigMap", "latchkey-config")["data"]
+    assert (config["LATCHKEY_VIEW_BACKEND"], config["LATCHKEY_AUDIT_STORE"]) == ("embedded", "embedded")
+    assert not any(d["kind"] in ("ScyllaCluster", "HorizontalPodAutoscaler") for d in docs)
+    assert not any(d["kind"] == "Job" and d["metadata"]["name"] == "migrate-cql" for d in docs)
+    for name in SERVICES:
+        assert find(docs, "Deployment", name)["spec"]["replicas"] == 1
+    for name in ("access", "audit"):
+        pod = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        state = next(v for v in pod["volumes"] if v["name"] == "state")
+        assert state["persistentVolumeClaim"]["claimName"] == f"{name}-state"
+        assert "emptyDir" not in state
+    nats = find(docs, "ConfigMap", "nats-config")["data"]["nats.conf"]
+    assert "sync_interval: always" in nats
+
+
+def test_production_data_tier():
+    docs = documents("production")
+    config = find(docs, "ConfigMap", "latchkey-config")["data"]
+    assert (config["LATCHKEY_VIEW_BACKEND"], config["LATCHKEY_AUDIT_STORE"]) == ("scylla", "scylla")
+    assert config["LATCHKEY_NATS_REPLICAS"] == "3"
+    scylla = next(d for d in docs if d["kind"] == "ScyllaCluster")
+    assert scylla["apiVersion"] == "scylla.scylladb.com/v1"
     assert len(scylla["spec"]["datacenter"]["racks"]) == 3
-    certs = {d["metadata"]["name"]: d["spec"]["uris"] for d in production if d["kind"] == "Certificate"}
+    assert config["LATCHKEY_SCYLLA_LOCAL_DC"] == scylla["spec"]["datacenter"]["name"]
+    assert config["LATCHKEY_SCYLLA_HOSTS"] == f"{scylla['metadata']['name']}-client"
+    migrate_cql = find(docs, "Job", "migrate-cql")["spec"]["template"]["spec"]["containers"][0]
+    assert "--rf 3" in " ".join(migrate_cql["command"])
+    postgres = next(d for d in docs if d["kind"] == "Cluster")
+    assert postgres["apiVersion"] == "postgresql.cnpg.io/v1" and postgres["spec"]["instances"] == 3
+    assert postgres["spec"]["postgresql"]["synchronous"]["number"] >= 1
+    dsn = container_env(docs, service_container(docs, "permissions"))["LATCHKEY_POSTGRES_DSN"]
+    assert dsn == {"secretKeyRef": {"name": f"{postgres['metadata']['name']}-app", "key": "uri"}}
+    certs = {d["metadata"]["name"]: d["spec"]["uris"] for d in docs if d["kind"] == "Certificate"}
     assert certs == {f"latchkey-{s}": [f"spiffe://latchkey/service/{s}"] for s in SERVICES}
-    nats = next(d for d in production if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "nats-config")
-    assert "sync_interval: always" in nats["data"]["nats.conf"]
+    nats_conf = find(docs, "ConfigMap", "nats-config")["data"]["nats.conf"]
+    assert "sync_interval: always" in nats_conf
+    assert find(docs, "StatefulSet", "nats")["spec"]["replicas"] == 3
+    redis = find(docs, "Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]
+    assert redis["args"][:4] == ["--save", "", "--appendonly", "no"]  # a cache: nothing persisted
+    for name in ("permissions", "access"):
+        deployment = find(docs, "Deployment", name)
+        assert deployment["spec"]["replicas"] > 1
+        assert find(docs, "HorizontalPodAutoscaler", name)["spec"]["minReplicas"] > 1
+    for name in SERVICES:
+        spread = find(docs, "Deployment", name)["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert "topology.kubernetes.io/zone" in {c["topologyKey"] for c in spread}
