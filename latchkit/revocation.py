@@ -19,6 +19,16 @@ from latchkit.settings import env_str, state_dir
 
 
 def revocation_file() -> Path:
+    # Checked on every call: resolving the path (state_dir() resolves symlinks) cost more
+    # than the rest of the check, so it is memoised on the settings it depends on.
+    env = os.environ
+    return _revocation_file(env.get("LATCHKEY_REVOKED_SERIALS_FILE"), env.get("LATCHKEY_CERTS_DIR"),
+                            env.get("LATCHKEY_STATE_DIR"))
+
+
+@functools.lru_cache(maxsize=16)
+def _revocation_file(explicit: str | None, certs_dir: str | None, state: str | None) -> Path:
+    """The arguments are the settings' raw values: the cache key. The reads below are the same values."""
     certs = Path(env_str("LATCHKEY_CERTS_DIR", str(state_dir() / "certs")))
     return Path(env_str("LATCHKEY_REVOKED_SERIALS_FILE", str(certs / "revoked.txt")))
 
