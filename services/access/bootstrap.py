@@ -14,6 +14,7 @@ from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 from services.access.decisions import DecisionPublisher
 from services.access.domain import DenialThrottle
 from services.access.grpc_api import AccessServicer
+from services.access.local_cache import LocalCache, PolledWatermark
 from services.access.ports import UnlockView
 from services.access.projector import Projector
 from services.access.service import UnlockService
@@ -38,6 +39,8 @@ class AccessApp:
     decisions: DecisionPublisher
     projector: Projector | None
     service: UnlockService
+    local: LocalCache | None = None
+    polled_watermark: PolledWatermark | None = None
 
     def spec(self) -> ServiceSpec:
         def register(server) -> list[str]:
@@ -48,6 +51,10 @@ class AccessApp:
         background = [self.decisions.run_spiller, self.decisions.run_publisher]
         if self.projector is not None:
             background.append(self.projector.run)
+        if self.polled_watermark is not None:
+            background.append(self.polled_watermark.run)
+        if self.local is not None:
+            background.append(self.local.run)
         return ServiceSpec(name="access", register=register, on_stop=self.stop, policy=authz.allowed,
                            reuse_port=self.settings.workers > 1, background=background)
 
@@ -72,10 +79,20 @@ def build(settings: AccessSettings | None = None) -> AccessApp:
     # One logical projector: only worker 0 runs it.
     projector = (Projector(view, cache, settings.bus, instance=settings.instance)
                  if settings.worker_index == 0 else None)
+    local = polled = None
+    if settings.local_cache_entries:
+        if projector is not None:
+            def watermark() -> int:
+                return projector.watermark
+        else:
+            watermark = polled = PolledWatermark(view.watermark)
+        local = LocalCache(settings.bus, capacity=settings.local_cache_entries, ttl=settings.cache_ttl_seconds,
+                           negative_ttl=settings.negative_ttl_seconds, view_watermark=watermark)
     service = UnlockService(
         view, cache, decisions, secrets.load_hmac_key(), projector=projector,
         min_revision_wait=settings.min_revision_wait_seconds,
         credential_throttle=DenialThrottle(settings.throttle_window_seconds, settings.throttle_credential_denials),
         door_throttle=DenialThrottle(settings.throttle_window_seconds, settings.throttle_door_denials),
+        local=local,
     )
-    return AccessApp(settings, view, cache, decisions, projector, service)
+    return AccessApp(settings, view, cache, decisions, projector, service, local, polled)

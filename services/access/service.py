@@ -16,6 +16,7 @@ import uuid
 from google.protobuf.duration_pb2 import Duration
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
+from prometheus_client import Counter
 
 from latchkit import access_codec, envelope, secrets
 from latchkit.access_rules import Reason, evaluate
@@ -25,12 +26,16 @@ from latchkit.identity import Principal
 from services.access.adapters.redis_cache import RedisUnlockCache, cred_key
 from services.access.decisions import DecisionPublisher
 from services.access.domain import DenialThrottle, ReplayMemory
+from services.access.local_cache import MISS, LocalCache
 from services.access.ports import CredentialRow, PairRow, UnlockView
 from services.access.projector import Projector
 
 log = logging.getLogger("latchkey.access.unlock")
 GRANTED, DENIED = ev.DECISION_GRANTED, ev.DECISION_DENIED
 SECRET_LIMITS = {1: (4, 64), 2: (4, 12), 3: (16, 256)}
+ANSWERED_FROM = Counter("latchkey_access_unlock_answered_from_total",
+                        "Where Unlock found the rules it decided on", ["source"])
+FROM_MEMORY, FROM_REDIS, FROM_VIEW = (ANSWERED_FROM.labels(s) for s in ("memory", "redis", "view"))
 
 
 def _check_id(value: str, field: str) -> None:
@@ -43,8 +48,10 @@ def _check_id(value: str, field: str) -> None:
 class UnlockService:
     def __init__(self, view: UnlockView, cache: RedisUnlockCache, decisions: DecisionPublisher,
                  hmac_key: bytes, *, projector: Projector | None, min_revision_wait: float,
-                 credential_throttle: DenialThrottle, door_throttle: DenialThrottle) -> None:
+                 credential_throttle: DenialThrottle, door_throttle: DenialThrottle,
+                 local: LocalCache | None = None) -> None:
         self.view = view
+        self.local = local
         self.cache = cache
         self.decisions = decisions
         self.hmac_key = hmac_key
@@ -117,7 +124,13 @@ class UnlockService:
             if earlier is not None:
                 return access_pb2.UnlockResponse.FromString(earlier)
 
-        revision = await self.applied_revision()
+        local = self.local
+        if local is not None and local.serving() and request.min_revision <= local.watermark:
+            # The per-process cache has applied everything the view has (and min_revision).
+            revision = local.watermark
+        else:
+            local = None
+            revision = await self.applied_revision()
         if request.min_revision > revision:
             wait = min(self.min_revision_wait, max((time_remaining or 0) - 0.05, 0))
             revision = await self.wait_for_revision(request.min_revision, wait)
@@ -131,7 +144,7 @@ class UnlockService:
             earlier, credential, user_id = None, None, request.user_id
             decision, reason = DENIED, Reason.RATE_LIMITED
         else:
-            earlier, decision, reason, credential, user_id = await self._decide(request, cred_k, secret_hash)
+            earlier, decision, reason, credential, user_id = await self._decide(request, cred_k, secret_hash, local)
         if earlier is not None:
             self.replays.put(request.door_id, request.request_id, earlier)
             return access_pb2.UnlockResponse.FromString(earlier)
@@ -159,9 +172,43 @@ class UnlockService:
         except Exception as exc:  # noqa: BLE001 - the in-process memory still has it
             log.warning("could not store the answer for replay in redis", extra={"error": repr(exc)})
 
-    async def _decide(self, request, cred_k: str, secret_hash: bytes):
+    def _decide_in_memory(self, local: LocalCache, request, cred_k: str):
+        """(decision, reason, credential, user_id) from the per-process cache, or None on a miss."""
+        credential, user_id = None, request.user_id
+        if cred_k:
+            credential = local.credential(cred_k)
+            if credential is MISS:
+                return None
+            if credential is None:
+                return DENIED, Reason.UNKNOWN_CREDENTIAL, None, ""
+            user_id = credential.user_id
+            if credential.revoked:
+                return DENIED, Reason.CREDENTIAL_REVOKED, credential, user_id
+        pair = local.pair(request.door_id, user_id)
+        if pair is MISS:
+            return None
+        if pair is None or not pair.payload:
+            return DENIED, Reason.NO_GRANT, credential, user_id
+        verdict = evaluate(self._decode(pair), dt.datetime.now(dt.UTC))
+        return GRANTED if verdict.granted else DENIED, verdict.reason, credential, user_id
+
+    async def _decide(self, request, cred_k: str, secret_hash: bytes, local: LocalCache | None):
         """(earlier answer, decision, reason, credential, user_id)."""
         door_id = request.door_id
+        if local is not None:
+            hit = self._decide_in_memory(local, request, cred_k)
+            if hit is not None:
+                if request.request_id:
+                    # Another process may have answered this request_id: its answer stands.
+                    try:
+                        earlier = await self.cache.earlier_answer(door_id, request.request_id)
+                    except Exception:  # noqa: BLE001 - best effort, as on the Redis path
+                        earlier = None
+                    if earlier is not None:
+                        return earlier, None, None, None, ""
+                FROM_MEMORY.inc()
+                return None, *hit
+        ticket = self.local.fill_ticket() if self.local is not None else None
         credential: CredentialRow | None = None
         pair: PairRow | None = None
         user_id = request.user_id
@@ -173,26 +220,36 @@ class UnlockService:
         except Exception:  # noqa: BLE001 - Redis down or flushed: the view answers
             c = p = None
             redis_ok = False
+        source = FROM_REDIS
         try:
             if cred_k:
                 if c is not None:
                     credential = (CredentialRow(c[1].decode(), c[2].decode(), request.credential.kind, secret_hash,
                                                 c[3] == b"1", int(c[0])) if c[1] else None)
                 else:
+                    source = FROM_VIEW
                     credential = await self.view.get_credential(request.credential.kind, secret_hash)
                     if redis_ok:
                         self._fire(self.cache.fill_credential(cred_k, credential))
+                if self.local is not None:
+                    self.local.fill_credential(ticket, cred_k, credential)
                 if credential is None:
+                    source.inc()
                     return None, DENIED, Reason.UNKNOWN_CREDENTIAL, None, ""
                 user_id = credential.user_id
                 if credential.revoked:
+                    source.inc()
                     return None, DENIED, Reason.CREDENTIAL_REVOKED, credential, user_id
             if p is not None:
                 pair = PairRow(door_id, user_id, int(p[0]), p[1] or b"")
             else:
+                source = FROM_VIEW
                 pair = await self.view.get_pair(door_id, user_id)
                 if redis_ok:
                     self._fire(self.cache.fill_pair(door_id, user_id, pair))
+            if self.local is not None:
+                self.local.fill_pair(ticket, door_id, user_id, pair)
+            source.inc()
         except Exception as exc:  # noqa: BLE001 - neither Redis nor the view: deny
             log.error("unlock view unavailable", extra={"error": repr(exc)})
             return None, DENIED, Reason.UNAVAILABLE, credential, user_id

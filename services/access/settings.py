@@ -35,6 +35,8 @@ class AccessSettings:
     """LATCHKEY_ACCESS_CACHE_TTL_SECONDS: last bound on a Redis entry's staleness."""
     negative_ttl_seconds: int
     """LATCHKEY_ACCESS_NEGATIVE_TTL_SECONDS: how long "no such grant/credential" is cached."""
+    local_cache_entries: int
+    """LATCHKEY_ACCESS_LOCAL_CACHE_ENTRIES: per-process cache in front of Redis (0 turns it off)."""
     min_revision_wait_seconds: float
     """LATCHKEY_ACCESS_MIN_REVISION_WAIT_SECONDS: how long Unlock waits for the view to reach min_revision."""
     max_deadline_seconds: float
@@ -68,6 +70,7 @@ class AccessSettings:
             data_dir=state_dir() / "access",
             cache_ttl_seconds=env_int("LATCHKEY_ACCESS_CACHE_TTL_SECONDS", 300, minimum=1),
             negative_ttl_seconds=env_int("LATCHKEY_ACCESS_NEGATIVE_TTL_SECONDS", 30, minimum=1),
+            local_cache_entries=env_int("LATCHKEY_ACCESS_LOCAL_CACHE_ENTRIES", 200_000, minimum=0),
             min_revision_wait_seconds=env_float("LATCHKEY_ACCESS_MIN_REVISION_WAIT_SECONDS", 2.0),
             max_deadline_seconds=env_float("LATCHKEY_ACCESS_MAX_DEADLINE_SECONDS", 30.0),
             throttle_window_seconds=env_float("LATCHKEY_ACCESS_THROTTLE_WINDOW_SECONDS", 60.0),
