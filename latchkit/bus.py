@@ -3,8 +3,9 @@
 Two streams, both file-backed:
 - PERMISSIONS (`latchkey.permissions.<event type>`): the outbox relay's output,
   consumed by the access projector and the audit ingest.
-- DECISIONS (`latchkey.decisions.<door id>`): unlock decisions from the access
-  service, consumed by audit.
+- DECISIONS (`latchkey.decisions.<door id>`, or `latchkey.decisions.batch` for
+  an `EnvelopeBatch` of several): unlock decisions from the access service,
+  consumed by audit (`envelope.unpack` reads both).
 
 `Nats-Msg-Id` is the envelope's event id, so the broker drops a re-publish
 inside `duplicate_window`; past it, consumers are idempotent by event id or

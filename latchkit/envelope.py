@@ -83,6 +83,35 @@ def _token(value: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in value) or "_"
 
 
+BATCH_SUBJECT = DECISIONS_SUBJECT_PREFIX + "batch"
+_BATCH_TAG = bytes([(events_pb2.EnvelopeBatch.ENVELOPES_FIELD_NUMBER << 3) | 2])
+
+
+def varint(n: int) -> bytes:
+    """A protobuf base-128 varint (length prefixes when writing messages by hand)."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def pack(serialized: list[bytes]) -> bytes:
+    """An `EnvelopeBatch` of already serialized envelopes, without parsing them again."""
+    return b"".join(_BATCH_TAG + varint(len(item)) + item for item in serialized)
+
+
+def unpack(subject_: str, data: bytes) -> list[bytes]:
+    """The serialized envelopes a bus message carries: one, or a batch's items. ValueError if not a batch."""
+    if subject_ != BATCH_SUBJECT:
+        return [data]
+    try:
+        return list(events_pb2.EnvelopeBatch.FromString(data).envelopes)
+    except DecodeError as exc:
+        raise ValueError(f"not an EnvelopeBatch: {exc}") from exc
+
+
 def parse(data: bytes) -> events_pb2.Envelope:
     """Decode an envelope; raises ValueError for bytes that are not one."""
     envelope = events_pb2.Envelope()

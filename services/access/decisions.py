@@ -1,8 +1,14 @@
 """Unlock decisions leave the response path and reach JetStream, in order, without loss.
 
 `record` only appends to an in-memory queue (microseconds). The publisher
-sends queued events to the DECISIONS stream in pipelined batches
-(`Nats-Msg-Id` = event id, so a re-send is dropped by JetStream). Events that
+sends queued events to the DECISIONS stream in pipelined batches: what is
+waiting goes out together, up to `per_message` events in one JetStream
+message (an `EnvelopeBatch`; a lone event goes as a plain Envelope), so the
+broker stores and acknowledges one message for many decisions. A decision
+waits at most `linger` (5 ms) for company before it is sent. `Nats-Msg-Id`
+is the event id (a batch: its first event id and size), so an identical
+re-send is dropped by JetStream; a re-send cut differently is dropped by the
+audit store, which is idempotent by event id. Events that
 cannot be published promptly (NATS down or slow: older than `spill_after`)
 are moved, in order, to the durable spool, and the spool is drained first
 once NATS answers again, each row deleted only after its PubAck.
@@ -32,11 +38,13 @@ SPOOL_BACKLOG = Gauge("latchkey_access_decision_spool_backlog", "Decision events
 
 class DecisionPublisher:
     def __init__(self, spool: SqliteDecisionSpool, bus: BusSettings, *, spill_after: float = 0.1,
-                 batch: int = 512) -> None:
+                 batch: int = 512, per_message: int = 64, linger: float = 0.005) -> None:
         self.spool = spool
         self.bus = bus
         self.spill_after = spill_after
         self.batch = batch
+        self.per_message = per_message
+        self.linger = linger
         self._pending: collections.deque[tuple[float, tuple[str, str, bytes]]] = collections.deque()
         self._wake = asyncio.Event()
         # Held while a batch is in flight and while spilling: keeps the spool in decision order.
@@ -96,27 +104,45 @@ class DecisionPublisher:
                         await asyncio.wait_for(self._wake.wait(), timeout=0.5)
                     except TimeoutError:
                         continue
+                if len(self._pending) < self.per_message:
+                    # Let a few more decisions join this message (a bounded delay, off the response path).
+                    await asyncio.sleep(self.linger)
                 await self.publish_pending(js)
         finally:
             await nc.close()
+
+    def _messages(self, rows):
+        """Consecutive rows -> (subject, payload, Nats-Msg-Id, events) messages, in order.
+
+        One event goes alone on its door's subject; several go together as one
+        `EnvelopeBatch` (one stored message, one fsync, one PubAck for all).
+        """
+        for start in range(0, len(rows), self.per_message):
+            chunk = rows[start:start + self.per_message]
+            if len(chunk) == 1:
+                event_id, subject, payload = chunk[0]
+                yield subject, payload, event_id, 1
+            else:
+                yield (envelope.BATCH_SUBJECT, envelope.pack([payload for _, _, payload in chunk]),
+                       f"{chunk[0][0]}+{len(chunk)}", len(chunk))
 
     async def _publish(self, js, rows) -> tuple[int, Exception | None]:
         """Pipelined publish; returns how many of `rows` (a prefix) were acknowledged."""
         futures = []
         try:
-            for event_id, subject, payload in rows:
-                futures.append(await js.publish_async(subject, payload, headers={"Nats-Msg-Id": event_id}))
+            for subject, payload, msg_id, events in self._messages(rows):
+                futures.append((await js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id}), events))
         except Exception as exc:  # noqa: BLE001 - connection gone: nothing after this was sent
-            for future in futures:
+            for future, _ in futures:
                 future.cancel()
             return 0, exc
         acked = 0
-        for future in futures:
+        for i, (future, events) in enumerate(futures):
             try:
                 await asyncio.wait_for(future, timeout=5)
-                acked += 1
+                acked += events
             except Exception as exc:  # noqa: BLE001 - keep order: stop at the first failure
-                for rest in futures[acked:]:
+                for rest, _ in futures[i:]:
                     rest.cancel()
                 return acked, exc
         return acked, None

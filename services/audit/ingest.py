@@ -1,6 +1,7 @@
 """Ingest: PERMISSIONS and DECISIONS streams -> the audit store, each event once.
 
-A durable pull consumer per stream. Each round: fetch a batch, decode,
+A durable pull consumer per stream. Each round: fetch a batch, decode (a
+message may carry several events: `envelope.unpack`),
 append (the store skips event ids it already has, so a redelivery is a
 no-op) together with the stream sequence reached, and ack only after
 `append` returned (durable). On every (re)start the consumer is re-created at
@@ -86,7 +87,9 @@ class Ingest:
         records = []
         for msg in msgs:
             try:
-                records.append(to_record(envelope.parse(msg.data), msg.data))
+                # A message is one envelope or a batch of them (the access service's decisions).
+                items = envelope.unpack(msg.subject, msg.data)
+                records += [to_record(envelope.parse(raw), raw) for raw in items]
             except ValueError as exc:
                 seq = msg.metadata.sequence.stream
                 await self.store.park(stream, seq, msg.data, str(exc))

@@ -7,6 +7,7 @@ import time
 from latchkey.audit.v1 import audit_pb2
 from latchkey.events.v1 import events_pb2 as ev
 
+from latchkit.envelope import varint
 from services.audit.domain import AuditRecord
 
 
@@ -38,15 +39,6 @@ def to_record(env, raw: bytes) -> AuditRecord:
     )
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 _ENVELOPE_TAG = bytes([(audit_pb2.AuditEvent.ENVELOPE_FIELD_NUMBER << 3) | 2])
 _EVENT_TAG = bytes([(audit_pb2.AuditLogResponse.EVENT_FIELD_NUMBER << 3) | 2])
 _CURSOR_TAG = bytes([(audit_pb2.AuditLogResponse.CURSOR_FIELD_NUMBER << 3) | 2])
@@ -56,7 +48,7 @@ _EVENTS_TAG = bytes([(audit_pb2.AuditLogResponse.EVENTS_FIELD_NUMBER << 3) | 2])
 
 
 def _event_bytes(r: AuditRecord) -> bytes:
-    return _header(r).SerializeToString() + _ENVELOPE_TAG + _varint(len(r.envelope)) + r.envelope
+    return _header(r).SerializeToString() + _ENVELOPE_TAG + varint(len(r.envelope)) + r.envelope
 
 
 def encode_batch(records: list[AuditRecord], cursor: str) -> bytes:
@@ -64,9 +56,9 @@ def encode_batch(records: list[AuditRecord], cursor: str) -> bytes:
     parts = []
     for r in records:
         event = _event_bytes(r)
-        parts += [_EVENTS_TAG, _varint(len(event)), event]
+        parts += [_EVENTS_TAG, varint(len(event)), event]
     c = cursor.encode()
-    return b"".join(parts) + _CURSOR_TAG + _varint(len(c)) + c
+    return b"".join(parts) + _CURSOR_TAG + varint(len(c)) + c
 
 
 def encode_response(r: AuditRecord, cursor: str) -> bytes:
@@ -78,7 +70,7 @@ def encode_response(r: AuditRecord, cursor: str) -> bytes:
     """
     event = _event_bytes(r)
     c = cursor.encode()
-    return _EVENT_TAG + _varint(len(event)) + event + _CURSOR_TAG + _varint(len(c)) + c
+    return _EVENT_TAG + varint(len(event)) + event + _CURSOR_TAG + varint(len(c)) + c
 
 
 def to_event(r: AuditRecord) -> audit_pb2.AuditEvent:

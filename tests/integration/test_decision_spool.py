@@ -21,10 +21,11 @@ def decision(door: str) -> ev.Envelope:
                           actor="spiffe://latchkey/door/x", aggregate_key=f"door/{door}")
 
 
-async def stored_decisions(url: str, door: str) -> list[str]:
+async def stored_decisions(url: str, door: str, messages: list | None = None) -> list[str]:
+    """The decision ids stored for `door`, in stream order; `messages` collects the messages that held them."""
     nc = await nats.connect(url)
     try:
-        sub = await nc.jetstream().pull_subscribe(f"latchkey.decisions.{door}", stream=DECISIONS_STREAM,
+        sub = await nc.jetstream().pull_subscribe("latchkey.decisions.>", stream=DECISIONS_STREAM,
                                                   config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
         ids = []
         while True:
@@ -32,7 +33,14 @@ async def stored_decisions(url: str, door: str) -> list[str]:
                 msgs = await sub.fetch(100, timeout=1)
             except TimeoutError:
                 return ids
-            ids += [ev.Envelope.FromString(m.data).unlock_decided.decision_id for m in msgs]
+            for m in msgs:
+                # Lone events or batches of them: the order inside a batch is the order decided.
+                for raw in envelope.unpack(m.subject, m.data):
+                    decided = envelope.parse(raw).unlock_decided
+                    if decided.door_id == door:
+                        ids.append(decided.decision_id)
+                        if messages is not None and (not messages or messages[-1] is not m):
+                            messages.append(m)
     finally:
         await nc.close()
 
@@ -64,3 +72,24 @@ async def test_spooled_decisions_survive_a_restart_and_flow_in_order(stack, urls
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert await stored_decisions(urls.nats_url, door) == [e.unlock_decided.decision_id for e in events]
+
+
+async def test_decisions_waiting_together_travel_in_one_message(urls, tmp_path):
+    door = uuid.uuid4().hex
+    publisher = DecisionPublisher(SqliteDecisionSpool(tmp_path / "spool.sqlite"),
+                                  BusSettings(url=urls.nats_url, duplicate_window_s=600.0), per_message=8)
+    events = [decision(door) for _ in range(20)]
+    for e in events:
+        publisher.record(e)
+    task = asyncio.create_task(publisher.run_publisher())
+    try:
+        async def stored():
+            return len(await stored_decisions(urls.nats_url, door)) == len(events)
+        await until(stored, "the decisions in the stream")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    messages: list = []
+    assert await stored_decisions(urls.nats_url, door, messages) == [e.unlock_decided.decision_id for e in events]
+    # 20 decisions at most 8 to a message: 3 messages, not 20.
+    assert [m.subject for m in messages] == [envelope.BATCH_SUBJECT] * 3
