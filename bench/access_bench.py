@@ -2,12 +2,16 @@
 
 Services run as subprocesses (one access worker, like the one-process echo
 floor; audit is not started: this measures the access service); the load
-generator is this process (grpc.aio, one channel per door).
+generator is this process (grpc.aio, one channel per door). The hot path is
+the per-process cache (`unlock_memory_hit`); a second access process with that
+cache off measures the Redis hit and the view hit after a Redis flush.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -28,10 +32,11 @@ from bench.harness import (
     start_services,
     summary_ms,
     tls,
+    wait_healthy,
 )
-from latchkit import certs
+from latchkit import certs, envelope
 from latchkit.bus import DECISIONS_STREAM
-from latchkit.settings import TlsSettings
+from latchkit.settings import REPO_ROOT, TlsSettings
 from latchkit.stack import free_port
 
 IN_FLIGHT = (1, 8, 32)
@@ -64,19 +69,28 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
     echo_port, pg_port = free_port(), free_port()
     echo = start_module("bench.echo_server", services.env, echo_port)
     pg = start_module("bench.pg_unlock_server", services.env, pg_port)
+    redis_only = None
     rows: dict = {}
     try:
         async with aio_channel(services.targets["permissions"], tls(pki_dir, "admin")) as pch:
             admin = permissions_pb2_grpc.PermissionsServiceStub(pch)
             hot_door, hot_cards, _ = await seed(admin, "hot", 1)
             view_door, view_cards, revision = await seed(admin, "view", VIEW_KEYS)
-            rows.update(await measure(services, pki_dir, echo_port, pg_port, stack_urls, hot_door, hot_cards[0],
-                                      view_door, view_cards, revision))
+            rows.update(await measure(services.targets["access"], pki_dir, echo_port, pg_port, hot_door,
+                                      hot_cards[0], revision))
+            rows["server_decision_time_memory_hit"] = await decision_times(stack_urls.nats_url, hot_door.door_id)
+            # The same service with its per-process cache off: what Redis and the view cost.
+            redis_only, target = start_access(services.env, state_dir / "redis-only",
+                                              {"LATCHKEY_ACCESS_LOCAL_CACHE_ENTRIES": "0"})
+            rows.update(await measure_redis_and_view(target, pki_dir, stack_urls, hot_door, hot_cards[0],
+                                                     view_door, view_cards, revision))
             rows["revocation_visible"] = await revocation(admin, services, pki_dir)
-        rows["server_decision_time_redis_hit"] = await decision_times(stack_urls.nats_url, hot_door.door_id)
     finally:
         echo.terminate()
         pg.terminate()
+        if redis_only is not None:
+            redis_only.terminate()
+            redis_only.wait(timeout=15)
         services.stop()
     floor = rows.get("echo_floor@1", {}).get("p50_ms")
     for name, row in rows.items():
@@ -88,17 +102,26 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
     return rows
 
 
-async def measure(services, pki_dir, echo_port, pg_port, stack_urls, hot_door, hot_card, view_door, view_cards,
-                  revision) -> dict:
+def start_access(env: dict, state: Path, extra: dict) -> tuple[subprocess.Popen, str]:
+    """One more access process on its own port, view and projector consumer."""
+    port = free_port()
+    shared_key = Path(env["LATCHKEY_STATE_DIR"]) / "secrets" / "hmac.key"  # credentials hash the same
+    env = {"LATCHKEY_CREDENTIAL_HMAC_KEY_FILE": str(shared_key), **env, "LATCHKEY_ACCESS_PORT": str(port),
+           "LATCHKEY_STATE_DIR": str(state), "LATCHKEY_ACCESS_INSTANCE": state.name, **extra}
+    proc = subprocess.Popen([sys.executable, "-m", "services.access"], env=env, cwd=REPO_ROOT)
+    target = f"localhost:{port}"
+    wait_healthy({"access": target}, {"access": proc}, env)
+    return proc, target
+
+
+async def measure(target, pki_dir, echo_port, pg_port, hot_door, hot_card, revision) -> dict:
     rows = {}
-    hot_tls, view_tls = door_tls(pki_dir, hot_door.door_id), door_tls(pki_dir, view_door.door_id)
+    hot_tls = door_tls(pki_dir, hot_door.door_id)
     unknown = access_pb2.PresentedCredential(kind=1, secret="not-a-known-card")
-    async with aio_channel(services.targets["access"], hot_tls) as ch, \
-            aio_channel(services.targets["access"], view_tls) as vch, \
+    async with aio_channel(target, hot_tls) as ch, \
             aio_channel(f"localhost:{echo_port}", hot_tls) as ech, \
             aio_channel(f"localhost:{pg_port}", hot_tls) as pch:
-        stub, vstub, pstub = (access_pb2_grpc.AccessServiceStub(ch), access_pb2_grpc.AccessServiceStub(vch),
-                              access_pb2_grpc.AccessServiceStub(pch))
+        stub, pstub = access_pb2_grpc.AccessServiceStub(ch), access_pb2_grpc.AccessServiceStub(pch)
         echo = ech.unary_unary("/latchkey.bench.Echo/Echo")
         hit = access_pb2.UnlockRequest(door_id=hot_door.door_id, credential=hot_card, min_revision=revision)
         first = await stub.Unlock(hit, timeout=5)
@@ -121,9 +144,28 @@ async def measure(services, pki_dir, echo_port, pg_port, stack_urls, hot_door, h
 
         for n in IN_FLIGHT:
             rows[f"echo_floor@{n}"] = await closed_loop(call_echo, n, SECONDS)
-            rows[f"unlock_redis_hit@{n}"] = await closed_loop(call_hit, n, SECONDS)
+            rows[f"unlock_memory_hit@{n}"] = await closed_loop(call_hit, n, SECONDS)
             rows[f"unlock_deny_unknown_credential@{n}"] = await closed_loop(call_deny, n, SECONDS)
             rows[f"pg_direct_in_handler@{n}"] = await closed_loop(call_pg, n, SECONDS)
+    return rows
+
+
+async def measure_redis_and_view(target, pki_dir, stack_urls, hot_door, hot_card, view_door, view_cards,
+                                 revision) -> dict:
+    rows = {}
+    async with aio_channel(target, door_tls(pki_dir, hot_door.door_id)) as ch, \
+            aio_channel(target, door_tls(pki_dir, view_door.door_id)) as vch:
+        stub, vstub = access_pb2_grpc.AccessServiceStub(ch), access_pb2_grpc.AccessServiceStub(vch)
+        hit = access_pb2.UnlockRequest(door_id=hot_door.door_id, credential=hot_card, min_revision=revision)
+        first = await stub.Unlock(hit, timeout=5)
+        assert first.decision == ev.DECISION_GRANTED, first
+        hit.ClearField("min_revision")
+
+        async def call_hit(i):
+            await stub.Unlock(hit, timeout=5)
+
+        for n in IN_FLIGHT:
+            rows[f"unlock_redis_hit@{n}"] = await closed_loop(call_hit, n, SECONDS)
         # View hits: each card once, right after Redis lost everything.
         r = aioredis.Redis.from_url(stack_urls.redis_url)
         for n in IN_FLIGHT:
@@ -170,12 +212,12 @@ async def revocation(admin, services, pki_dir, trials: int = 60) -> dict:
 
 
 async def decision_times(nats_url: str, door_id: str) -> dict:
-    """decision_latency from the UnlockDecided events of the Redis-hit door (the server's own clock)."""
+    """decision_latency from the UnlockDecided events of the hot door (the server's own clock)."""
     nc = await nats.connect(nats_url)
     values = []
     try:
         sub = await nc.jetstream().pull_subscribe(
-            f"latchkey.decisions.{door_id}", stream=DECISIONS_STREAM,
+            "latchkey.decisions.>", stream=DECISIONS_STREAM,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
         while True:
             try:
@@ -183,8 +225,12 @@ async def decision_times(nats_url: str, door_id: str) -> dict:
             except TimeoutError:
                 break
             for msg in msgs:
-                env = ev.Envelope.FromString(msg.data)
-                if env.WhichOneof("payload") == "unlock_decided" and env.unlock_decided.reason == 1:
+                envs = [ev.Envelope.FromString(raw) for raw in envelope.unpack(msg.subject, msg.data)]
+                for env in envs:
+                    if env.WhichOneof("payload") != "unlock_decided" or env.unlock_decided.door_id != door_id:
+                        continue
+                    if env.unlock_decided.reason != 1:
+                        continue
                     d = env.unlock_decided.decision_latency
                     values.append(d.seconds + d.nanos / 1e9)
                 await msg.ack()
