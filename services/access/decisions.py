@@ -149,6 +149,9 @@ class DecisionPublisher:
 
     async def publish_pending(self, js) -> None:
         async with self._order:
+            if self._spooled:
+                # Older events went to the spool meanwhile (e.g. during the linger): they go first.
+                return
             batch = [self._pending.popleft() for _ in range(min(self.batch, len(self._pending)))]
             acked, error = await self._publish(js, [row for _, row in batch])
             # Unacknowledged events go back to the front, in order, for the spiller or a retry.
@@ -159,7 +162,8 @@ class DecisionPublisher:
     async def drain_spool(self, js) -> None:
         rows = await self.spool.oldest(self.batch)
         if not rows:
-            self._spooled = 0
+            async with self._order:  # not while a spill is adding rows
+                self._spooled = await self.spool.count()
             return
         acked, error = await self._publish(js, [(e, s, p) for _, e, s, p in rows])
         if acked:

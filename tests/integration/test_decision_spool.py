@@ -10,7 +10,7 @@ from latchkey.events.v1 import events_pb2 as ev
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from latchkit import envelope
-from latchkit.bus import DECISIONS_STREAM, BusSettings
+from latchkit.bus import DECISIONS_STREAM, BusSettings, ensure_streams
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 from services.access.decisions import DecisionPublisher
 from tests.waiting import until
@@ -93,3 +93,27 @@ async def test_decisions_waiting_together_travel_in_one_message(urls, tmp_path):
     assert await stored_decisions(urls.nats_url, door, messages) == [e.unlock_decided.decision_id for e in events]
     # 20 decisions at most 8 to a message: 3 messages, not 20.
     assert [m.subject for m in messages] == [envelope.BATCH_SUBJECT] * 3
+
+
+async def test_decisions_in_memory_never_overtake_spooled_ones(urls, tmp_path):
+    """The spiller may move the oldest decisions to the spool at any await, e.g. while the
+    publisher lingers for company; what is still in memory must then wait its turn."""
+    door = uuid.uuid4().hex
+    bus = BusSettings(url=urls.nats_url, duplicate_window_s=600.0)
+    publisher = DecisionPublisher(SqliteDecisionSpool(tmp_path / "spool.sqlite"), bus)
+    nc = await nats.connect(urls.nats_url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, bus)
+        first, second = decision(door), decision(door)
+        publisher.record(first)
+        await publisher.spill(everything=True)  # as the spiller would, mid-linger
+        publisher.record(second)
+        await publisher.publish_pending(js)  # must not send `second` ahead of the spool
+        await publisher.drain_spool(js)
+        await publisher.publish_pending(js)
+    finally:
+        await nc.close()
+        await publisher.spool.close()
+    assert await stored_decisions(urls.nats_url, door) == [first.unlock_decided.decision_id,
+                                                          second.unlock_decided.decision_id]
