@@ -18,16 +18,26 @@ from services.permissions.adapters.postgres import UnitOfWork
 
 Pair = tuple[str, str]  # (door_id, user_id)
 
-_RULES_SQL = """
-SELECT g.grant_id::text AS grant_id, g.door_id::text AS door_id, g.user_id::text AS user_id, '' AS via,
-       g.valid_from, g.valid_until, coalesce(g.schedule_id::text, '') AS schedule_id
+# The rules of the pairs (direct and through groups) and the state of their users
+# and doors, in one round trip: every write that changes access runs this under
+# the revision lock. `kind`: r = rule, u = user, d = door.
+_ACCESS_SQL = """
+SELECT 'r' AS kind, g.grant_id::text AS grant_id, g.door_id::text AS door_id, g.user_id::text AS user_id,
+       '' AS via, g.valid_from, g.valid_until, coalesce(g.schedule_id::text, '') AS schedule_id,
+       false AS flag, '' AS time_zone
   FROM grants g
  WHERE NOT g.revoked AND g.user_id = ANY(CAST(:users AS uuid[])) AND g.door_id = ANY(CAST(:doors AS uuid[]))
 UNION ALL
-SELECT g.grant_id::text, g.door_id::text, m.user_id::text, g.group_id::text,
-       g.valid_from, g.valid_until, coalesce(g.schedule_id::text, '')
+SELECT 'r', g.grant_id::text, g.door_id::text, m.user_id::text, g.group_id::text,
+       g.valid_from, g.valid_until, coalesce(g.schedule_id::text, ''), false, ''
   FROM grants g JOIN group_members m ON m.group_id = g.group_id
  WHERE NOT g.revoked AND m.user_id = ANY(CAST(:users AS uuid[])) AND g.door_id = ANY(CAST(:doors AS uuid[]))
+UNION ALL
+SELECT 'u', '', '', user_id::text, '', NULL, NULL, '', suspended, ''
+  FROM users WHERE user_id = ANY(CAST(:users AS uuid[]))
+UNION ALL
+SELECT 'd', '', door_id::text, '', '', NULL, NULL, '', lockdown, time_zone
+  FROM doors WHERE door_id = ANY(CAST(:doors AS uuid[]))
 """
 
 
@@ -37,7 +47,8 @@ async def pair_access(uow: UnitOfWork, pairs: set[Pair]) -> dict[Pair, PairAcces
         return {}
     doors = sorted({d for d, _ in pairs})
     users = sorted({u for _, u in pairs})
-    rows = await uow.rows(_RULES_SQL, users=users, doors=doors)
+    everything = await uow.rows(_ACCESS_SQL, users=users, doors=doors)
+    rows = [r for r in everything if r["kind"] == "r"]
     schedule_ids = sorted({r["schedule_id"] for r in rows if r["schedule_id"]})
     windows: dict[str, list[Window]] = defaultdict(list)
     if schedule_ids:
@@ -47,13 +58,9 @@ async def pair_access(uow: UnitOfWork, pairs: set[Pair]) -> dict[Pair, PairAcces
             ids=schedule_ids,
         ):
             windows[w["s"]].append(Window(w["day"], w["start_minute"], w["end_minute"]))
-    state = await uow.rows(
-        "SELECT 'u' AS kind, user_id::text AS id, suspended AS flag, '' AS time_zone FROM users "
-        "WHERE user_id = ANY(CAST(:users AS uuid[])) UNION ALL "
-        "SELECT 'd', door_id::text, lockdown, time_zone FROM doors WHERE door_id = ANY(CAST(:doors AS uuid[]))",
-        users=users, doors=doors)
-    suspended = {r["id"]: r["flag"] for r in state if r["kind"] == "u"}
-    door_state = {r["id"]: {"lockdown": r["flag"], "time_zone": r["time_zone"]} for r in state if r["kind"] == "d"}
+    suspended = {r["user_id"]: r["flag"] for r in everything if r["kind"] == "u"}
+    door_state = {r["door_id"]: {"lockdown": r["flag"], "time_zone": r["time_zone"]}
+                  for r in everything if r["kind"] == "d"}
     rules: dict[Pair, list[Rule]] = defaultdict(list)
     for r in rows:
         pair = (r["door_id"], r["user_id"])
