@@ -123,6 +123,26 @@ async def test_grant_validity_window_is_checked(admin):
     assert bad_field(err) == "grant.valid_until"
 
 
+async def test_a_grant_to_something_missing_names_it_and_writes_nothing(admin, permissions):
+    u, d = await user(admin), await door(admin)
+    group = (await admin.CreateGroup(pm.CreateGroupRequest(group=pm.Group(name="g")))).group
+    missing = str(uuid.uuid4())
+    cases = {
+        "user_id": pm.Grant(user_id=missing, door_id=d.door_id),
+        "group_id": pm.Grant(group_id=missing, door_id=d.door_id),
+        "door_id": pm.Grant(user_id=u.user_id, door_id=missing),
+        "schedule_id": pm.Grant(group_id=group.group_id, door_id=d.door_id, schedule_id=missing),
+    }
+    before = await outbox_count(permissions)
+    for field, grant in cases.items():
+        err = await fails(admin.GrantAccess(pm.GrantAccessRequest(grant=grant)), C.NOT_FOUND)
+        assert err.details() == f"grant.{field} {missing} not found"
+    assert await outbox_count(permissions) == before
+    # The connection each failure used is clean: the next write works.
+    assert (await admin.GrantAccess(pm.GrantAccessRequest(grant=pm.Grant(
+        user_id=u.user_id, door_id=d.door_id)))).revision == before + 1
+
+
 async def test_not_found_and_already_exists(admin):
     missing = str(uuid.uuid4())
     await fails(admin.GetDoor(pm.GetDoorRequest(door_id=missing)), C.NOT_FOUND)
