@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import time
 import uuid
 
 from google.protobuf.message import DecodeError
@@ -26,9 +28,14 @@ PAYLOAD_TYPES = {
 }
 
 
-def timestamp(when: dt.datetime | None = None) -> Timestamp:
+def timestamp(when: dt.datetime | Timestamp | None = None) -> Timestamp:
+    if isinstance(when, Timestamp):
+        return when
+    if when is None:
+        ns = time.time_ns()
+        return Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
     ts = Timestamp()
-    ts.FromDatetime(when or dt.datetime.now(dt.UTC))
+    ts.FromDatetime(when)
     return ts
 
 
@@ -41,7 +48,7 @@ def build(
     revision: int = 0,
     revision_event_index: int = 0,
     revision_event_count: int = 1,
-    occurred_at: dt.datetime | None = None,
+    occurred_at: dt.datetime | Timestamp | None = None,
     event_id: str | None = None,
 ) -> events_pb2.Envelope:
     """Wrap a payload message (e.g. `AccessChanged`) in a new envelope with a fresh UUID."""
@@ -62,7 +69,11 @@ def build(
 
 
 def _field_for(payload) -> str:
-    name = payload.DESCRIPTOR.name
+    return _field_named(payload.DESCRIPTOR.name)
+
+
+@functools.cache
+def _field_named(name: str) -> str:
     for field in events_pb2.Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields:
         if field.message_type.name == name:
             return field.name
@@ -78,6 +89,7 @@ def subject(envelope: events_pb2.Envelope) -> str:
     return PERMISSIONS_SUBJECT_PREFIX + envelope.type.split(".", 1)[1]
 
 
+@functools.lru_cache(maxsize=65536)
 def _token(value: str) -> str:
     """NATS subject tokens may not contain '.', '*', '>' or whitespace."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in value) or "_"

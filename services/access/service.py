@@ -149,10 +149,10 @@ class UnlockService:
             self.replays.put(request.door_id, request.request_id, earlier)
             return access_pb2.UnlockResponse.FromString(earlier)
 
-        now = dt.datetime.now(dt.UTC)
+        now = envelope.timestamp()
         response = access_pb2.UnlockResponse(decision=decision, reason=int(reason), decision_id=str(uuid.uuid4()),
                                              view_revision=revision, user_id=user_id)
-        response.server_time.FromDatetime(now)
+        response.server_time.CopyFrom(now)
         if request.request_id:
             answer = response.SerializeToString()
             self.replays.put(request.door_id, request.request_id, answer)
@@ -269,7 +269,7 @@ class UnlockService:
         return access
 
     # ---- events ------------------------------------------------------------------------
-    def _record(self, principal, request, response, credential, now: dt.datetime, latency: float) -> None:
+    def _record(self, principal, request, response, credential, now, latency: float) -> None:
         event = ev.UnlockDecided(
             decision_id=response.decision_id, door_id=request.door_id, user_id=response.user_id,
             credential_id=credential.credential_id if credential else "", request_id=request.request_id,
@@ -278,7 +278,9 @@ class UnlockService:
         )
         if request.HasField("controller_time"):
             event.controller_time.CopyFrom(request.controller_time)
+        # One decision, one event: the decision id is also the event id (both unique, one uuid4 fewer).
         self.decisions.record(envelope.build(event, actor=principal.uri if principal else "", occurred_at=now,
+                                             event_id=response.decision_id,
                                              aggregate_key=f"door/{request.door_id}",
                                              revision=response.view_revision))
 
