@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,9 +10,11 @@ import sys
 import time
 from dataclasses import dataclass
 
+import nats
 import pytest
 
 from latchkit import endpoints
+from latchkit.bus import DECISIONS_STREAM, PERMISSIONS_STREAM, BusSettings, ensure_streams
 from latchkit.run import health_of
 from latchkit.settings import REPO_ROOT
 from latchkit.stack import free_port
@@ -37,6 +40,17 @@ class System:
             time.sleep(0.05)
 
 
+async def purge_streams(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, BusSettings(url=url, duplicate_window_s=600.0))
+        for stream in (PERMISSIONS_STREAM, DECISIONS_STREAM):
+            await js.purge_stream(stream)
+    finally:
+        await nc.close()
+
+
 @pytest.fixture(scope="session")
 def system(stack, pki, tmp_path_factory):
     state = tmp_path_factory.mktemp("system-state")
@@ -55,6 +69,9 @@ def system(stack, pki, tmp_path_factory):
         env[f"{e.env_prefix}_PORT"] = str(free_port())
         env[f"{e.env_prefix}_METRICS_PORT"] = "0"
     targets = {e.service: f"localhost:{env[f'{e.env_prefix}_PORT']}" for e in endpoints.ALL}
+    # The integration tests publish from databases of their own into the same streams, each
+    # with its own revisions: the system starts on empty streams, whichever ran first.
+    asyncio.run(purge_streams(urls.nats_url))
     # Migrations first, exactly as `make run` does.
     subprocess.run([sys.executable, "-m", "latchkit.cli_migrate"], env=env, cwd=REPO_ROOT, check=True)
     procs = {
