@@ -16,9 +16,13 @@ keep it from ever answering from something older than Redis would:
   not see. Clearing the cache (it is full, or the feed restarts) raises the
   floor to the highest revision the feed has seen, for the same reason.
 - The cache answers only while the feed is connected and has applied at
-  least everything the view has (`watermark >= view watermark`); a feed that
-  falls behind or loses NATS sends every call back to Redis and the view
-  until it has caught up (the next feed starts with an empty cache).
+  least everything the view has (`watermark >= view watermark`), and the view
+  has reached the floor. A miss is then answered from Redis or the view with
+  whatever the cache holds taking precedence, at the cache's revision: any key
+  the cache does not hold has not changed since the floor. A feed that falls
+  behind or loses NATS sends every call back to the old path (Redis and the
+  view at the view's revision) until it has caught up (the next feed starts
+  with an empty cache).
 - Filled entries expire like their Redis copies (the same TTLs); entries an
   event wrote are current by construction and stay until evicted.
 """
@@ -74,6 +78,17 @@ class LocalCache:
     # ---- reads (the Unlock hot path) ---------------------------------------------------
     def serving(self) -> bool:
         return self.live and self.watermark >= self.view_watermark()
+
+    def answers_at(self, min_revision: int) -> bool:
+        """May Unlock answer at this cache's watermark (claiming it as the view revision)?
+
+        Besides `serving` and `min_revision`, the view must have reached the floor: then
+        for any key the cache does not hold, Redis and the view are as new as the cache
+        (nothing changed it since the floor, or the cache would hold the event), so a miss
+        can be answered from them, with what the cache does hold taking precedence.
+        """
+        view = self.view_watermark()
+        return self.live and min_revision <= self.watermark and self.watermark >= view >= self.floor
 
     def pair(self, door_id: str, user_id: str):
         """PairRow, None ("no rule"), or MISS."""

@@ -125,7 +125,7 @@ class UnlockService:
                 return access_pb2.UnlockResponse.FromString(earlier)
 
         local = self.local
-        if local is not None and local.serving() and request.min_revision <= local.watermark:
+        if local is not None and local.answers_at(request.min_revision):
             # The per-process cache has applied everything the view has (and min_revision).
             revision = local.watermark
         else:
@@ -221,9 +221,14 @@ class UnlockService:
             c = p = None
             redis_ok = False
         source = FROM_REDIS
+        # In the cache's mode (`local`), what it does hold is newer than or as new as Redis
+        # and the view, and the answer claims its revision: it overrides them.
         try:
             if cred_k:
-                if c is not None:
+                known = local.credential(cred_k) if local is not None else MISS
+                if known is not MISS:
+                    credential = known
+                elif c is not None:
                     credential = (CredentialRow(c[1].decode(), c[2].decode(), request.credential.kind, secret_hash,
                                                 c[3] == b"1", int(c[0])) if c[1] else None)
                 else:
@@ -231,7 +236,7 @@ class UnlockService:
                     credential = await self.view.get_credential(request.credential.kind, secret_hash)
                     if redis_ok:
                         self._fire(self.cache.fill_credential(cred_k, credential))
-                if self.local is not None:
+                if self.local is not None and known is MISS:
                     self.local.fill_credential(ticket, cred_k, credential)
                 if credential is None:
                     source.inc()
@@ -240,14 +245,17 @@ class UnlockService:
                 if credential.revoked:
                     source.inc()
                     return None, DENIED, Reason.CREDENTIAL_REVOKED, credential, user_id
-            if p is not None:
+            known = local.pair(door_id, user_id) if local is not None else MISS
+            if known is not MISS:
+                pair = known
+            elif p is not None:
                 pair = PairRow(door_id, user_id, int(p[0]), p[1] or b"")
             else:
                 source = FROM_VIEW
                 pair = await self.view.get_pair(door_id, user_id)
                 if redis_ok:
                     self._fire(self.cache.fill_pair(door_id, user_id, pair))
-            if self.local is not None:
+            if self.local is not None and known is MISS:
                 self.local.fill_pair(ticket, door_id, user_id, pair)
             source.inc()
         except Exception as exc:  # noqa: BLE001 - neither Redis nor the view: deny

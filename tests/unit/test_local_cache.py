@@ -94,3 +94,12 @@ def test_filled_entries_expire_and_a_stopped_feed_forgets_everything():
     assert c.pair("d", "u") is not MISS  # an event's entry does not expire
     c.stop()
     assert not c.serving() and c.pair("d", "u") is MISS
+
+
+def test_it_answers_at_its_revision_only_once_the_view_has_reached_its_floor():
+    view = [3]
+    c = cache(view)
+    c.start(floor=5)
+    assert c.serving() and not c.answers_at(0)  # a miss would read a view older than the floor
+    view[0] = 5
+    assert c.answers_at(5) and not c.answers_at(6)
