@@ -168,6 +168,7 @@ class LocalCache:
     async def run(self) -> None:
         backoff = 0.1
         while True:
+            started = time.monotonic()
             try:
                 await self._follow()
             except asyncio.CancelledError:
@@ -176,6 +177,8 @@ class LocalCache:
             except Exception as exc:  # noqa: BLE001 - without a feed the cache just does not answer
                 self.stop()
                 log.warning("local cache feed failed; retrying", extra={"error": repr(exc)})
+                if time.monotonic() - started > 10:
+                    backoff = 0.1  # it had been running: this is a new outage
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
