@@ -16,7 +16,9 @@ once NATS answers again, each row deleted only after its PubAck.
 What a crash of an access process can lose: events still in memory, that is
 the batch being published plus whatever was decided in the last
 `spill_after` (default 100 ms) while NATS did not acknowledge. Nothing
-acknowledged by JetStream and nothing in the spool is lost.
+acknowledged by JetStream and nothing in the spool is lost. A graceful
+shutdown loses nothing: what is waiting is sent (for up to 2 s), and what
+could not be sent goes to the spool.
 """
 
 from __future__ import annotations
@@ -153,9 +155,13 @@ class DecisionPublisher:
                 # Older events went to the spool meanwhile (e.g. during the linger): they go first.
                 return
             batch = [self._pending.popleft() for _ in range(min(self.batch, len(self._pending)))]
-            acked, error = await self._publish(js, [row for _, row in batch])
-            # Unacknowledged events go back to the front, in order, for the spiller or a retry.
-            self._pending.extendleft(reversed(batch[acked:]))
+            acked, error = 0, None
+            try:
+                acked, error = await self._publish(js, [row for _, row in batch])
+            finally:
+                # Unacknowledged events go back to the front, in order, for the spiller or a
+                # retry; also when this task is cancelled mid-publish (shutdown).
+                self._pending.extendleft(reversed(batch[acked:]))
         if error is not None:
             raise error
 
@@ -173,7 +179,24 @@ class DecisionPublisher:
         if error is not None:
             raise error
 
-    async def close(self) -> None:
-        """On graceful shutdown: whatever is still in memory goes to the spool."""
+    async def close(self, flush_seconds: float = 2.0) -> None:
+        """On graceful shutdown: send what is waiting (for at most `flush_seconds`), spool the rest.
+
+        Sending first matters where the spool is not kept across restarts (a pod's emptyDir).
+        """
+        if self._pending and not self._spooled:
+            try:
+                await asyncio.wait_for(self._flush(), timeout=flush_seconds)
+            except Exception as exc:  # noqa: BLE001 - NATS away: the spool keeps them
+                log.warning("could not send the last decisions; spooling them", extra={"error": repr(exc)})
         await self.spill(everything=True)
         await self.spool.close()
+
+    async def _flush(self) -> None:
+        nc = await connect(self.bus, name="access-decisions-flush", allow_reconnect=False)
+        try:
+            js = nc.jetstream()
+            while self._pending and not self._spooled:
+                await self.publish_pending(js)
+        finally:
+            await nc.close()

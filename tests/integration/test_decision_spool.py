@@ -117,3 +117,17 @@ async def test_decisions_in_memory_never_overtake_spooled_ones(urls, tmp_path):
         await publisher.spool.close()
     assert await stored_decisions(urls.nats_url, door) == [first.unlock_decided.decision_id,
                                                           second.unlock_decided.decision_id]
+
+
+async def test_a_graceful_close_sends_what_is_waiting_instead_of_spooling_it(urls, tmp_path):
+    door = uuid.uuid4().hex
+    publisher = DecisionPublisher(SqliteDecisionSpool(tmp_path / "spool.sqlite"),
+                                  BusSettings(url=urls.nats_url, duplicate_window_s=600.0))
+    events = [decision(door) for _ in range(5)]
+    for e in events:
+        publisher.record(e)  # decided, not yet sent: no publisher task ever ran
+    await publisher.close()
+    assert await stored_decisions(urls.nats_url, door) == [e.unlock_decided.decision_id for e in events]
+    reopened = SqliteDecisionSpool(tmp_path / "spool.sqlite")
+    assert await reopened.count() == 0
+    await reopened.close()
