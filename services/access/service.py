@@ -209,6 +209,7 @@ class UnlockService:
                 FROM_MEMORY.inc()
                 return None, *hit
         ticket = self.local.fill_ticket() if self.local is not None else None
+        epoch = local.epoch if local is not None else 0
         credential: CredentialRow | None = None
         pair: PairRow | None = None
         user_id = request.user_id
@@ -260,6 +261,10 @@ class UnlockService:
             source.inc()
         except Exception as exc:  # noqa: BLE001 - neither Redis nor the view: deny
             log.error("unlock view unavailable", extra={"error": repr(exc)})
+            return None, DENIED, Reason.UNAVAILABLE, credential, user_id
+        if local is not None and local.epoch != epoch:
+            # The cache was emptied while Redis answered (its feed stopped): what it held
+            # and overrode is gone, so this answer cannot claim the cache's revision.
             return None, DENIED, Reason.UNAVAILABLE, credential, user_id
         if pair is None or not pair.payload:
             return None, DENIED, Reason.NO_GRANT, credential, user_id

@@ -85,3 +85,20 @@ async def test_below_the_floor_the_cache_does_not_answer_for_revisions_the_view_
     # The old path: the view (at 9) cannot show revision 10 within the wait.
     with pytest.raises(Unavailable):
         await service.unlock(controller(door), request(door, secret, 10), 5)
+
+
+async def test_a_cache_emptied_while_redis_answers_makes_the_answer_a_denial(world, monkeypatch):
+    service, local, _, door, user, secret = world
+    local.start(floor=9)
+    local.apply(envelope.build(access(door, user, False), actor="test", aggregate_key=f"access/{door}/{user}",
+                               aggregate_version=10, revision=10))
+    lookup = service.cache.lookup
+
+    async def lookup_while_the_feed_stops(*args, **kwargs):
+        answer = await lookup(*args, **kwargs)
+        local.stop()  # NATS went away during the round trip: the revoke the cache held is gone
+        return answer
+
+    monkeypatch.setattr(service.cache, "lookup", lookup_while_the_feed_stops)
+    answer = await service.unlock(controller(door), request(door, secret, 10), 5)
+    assert (answer.decision, answer.reason) == (ev.DECISION_DENIED, ev.DECISION_REASON_UNAVAILABLE)
