@@ -10,6 +10,7 @@ with the NOTIFY that wakes the relay, sent together with the COMMIT. A rolled-ba
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -203,6 +204,31 @@ class Database:
         finally:
             if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 await conn.set_autocommit(False)
+
+    async def warm(self) -> None:
+        """Open the pool's connections before the first burst of writes needs them.
+
+        A new connection costs milliseconds; opened one by one under load, they were
+        the spikes in write latency. Not fatal: without the database the pool stays
+        lazy and requests get UNAVAILABLE as before.
+        """
+        size = self.engine.pool.size()
+        opened = 0
+        all_open = asyncio.Event()
+
+        async def hold() -> None:
+            nonlocal opened
+            async with self._connection():
+                opened += 1
+                if opened == size:
+                    all_open.set()
+                await all_open.wait()
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(hold() for _ in range(size))), timeout=30)
+        except Exception as exc:  # noqa: BLE001 - a warm-up only
+            all_open.set()
+            log.warning("could not open the database pool ahead of use", extra={"error": repr(exc)})
 
     async def current_revision(self) -> int:
         async with self.read() as uow:
