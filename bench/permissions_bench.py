@@ -14,7 +14,7 @@ from latchkey.permissions.v1 import permissions_pb2_grpc
 from nats.js.api import DeliverPolicy
 
 from bench.harness import aio_channel, percentile, start_services, tls
-from latchkit.bus import PERMISSIONS_STREAM
+from latchkit.bus import PERMISSIONS_STREAM, BusSettings, ensure_streams
 
 RATE = 200  # writes per second
 SECONDS = 10
@@ -30,6 +30,8 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
             lags.append(time.time() - env.occurred_at.ToNanoseconds() / 1e9)
 
         js = nc.jetstream()
+        # The relay creates the stream when it first connects, maybe after this point.
+        await ensure_streams(js, BusSettings(url=stack_urls.nats_url, duplicate_window_s=600.0))
         await js.subscribe("latchkey.permissions.grant_changed", stream=PERMISSIONS_STREAM, cb=on_event,
                            ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
         async with aio_channel(services.targets["permissions"], tls(pki_dir, "admin")) as ch:
