@@ -126,7 +126,9 @@ class LocalCache:
 
     def _put(self, table: dict, key, version: int, row, expires: float) -> None:
         current = table.get(key)
-        if current is not None and current[0] >= version and current[2] >= time.monotonic():
+        # Never back to a lower version, expired or not; the same version only to renew it.
+        if current is not None and (current[0] > version or (current[0] == version
+                                                             and current[2] >= time.monotonic())):
             return
         table[key] = (version, row, expires)
         if len(self._pairs) + len(self._creds) > self.capacity:

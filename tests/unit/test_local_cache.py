@@ -103,3 +103,14 @@ def test_it_answers_at_its_revision_only_once_the_view_has_reached_its_floor():
     assert c.serving() and not c.answers_at(0)  # a miss would read a view older than the floor
     view[0] = 5
     assert c.answers_at(5) and not c.answers_at(6)
+
+
+def test_an_expired_entry_is_renewed_but_never_replaced_by_an_older_version():
+    c = LocalCache(BUS, capacity=10, ttl=0, negative_ttl=0, view_watermark=lambda: 0)
+    c.start(floor=0)
+    c.fill_pair(c.fill_ticket(), "d", "u", PairRow("d", "u", 6, b""))  # revoked at 6; expires at once
+    c.fill_pair(c.fill_ticket(), "d", "u", PairRow("d", "u", 5, b"granted"))
+    assert c._pairs[("d", "u")][0] == 6
+    c.ttl = c.negative_ttl = 60
+    c.fill_pair(c.fill_ticket(), "d", "u", PairRow("d", "u", 6, b""))
+    assert c.pair("d", "u").version == 6
