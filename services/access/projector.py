@@ -22,15 +22,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from latchkit import envelope
-from latchkit.bus import PERMISSIONS_STREAM, BusSettings, connect, ensure_streams
+from latchkit.bus import PERMISSIONS_STREAM, BusSettings, Puller, connect, ensure_streams
 from services.access.adapters.redis_cache import RedisUnlockCache
 from services.access.ports import CredentialRow, PairRow, UnlockView, ViewBatch
 
 log = logging.getLogger("latchkey.access.projector")
 DURABLE_PREFIX = "access-projector-"
 IDLE_CONSUMER_SECONDS = 24 * 3600
-FETCH_WAIT_SECONDS = 0.02
-IDLE_WAIT_SECONDS = 5.0
+FETCH_WAIT_SECONDS = 0.02  # busy: bounds how long an event waits in a partial batch
 
 
 def advance(watermark: int, partial: dict[int, tuple[int, list[int]]], revision: int, index: int,
@@ -101,21 +100,12 @@ class Projector:
             sub = await js.pull_subscribe_bind(self.durable, stream=PERMISSIONS_STREAM)
             self.watermark, partial = await self.view.progress()
             await self._notify()
-            idle = False
+            puller = Puller(sub, self.batch, FETCH_WAIT_SECONDS)
             while True:
-                # Busy: a short wait, since nats-py holds a partial batch until the fetch's
-                # deadline, so the deadline bounds how long an event can sit. Idle: a long
-                # poll for one message, which returns the moment it arrives (polling every
-                # 20 ms for nothing cost an idle process ~5% of a core).
                 try:
-                    if idle:
-                        msgs = await sub.fetch(1, timeout=IDLE_WAIT_SECONDS)
-                    else:
-                        msgs = await sub.fetch(self.batch, timeout=FETCH_WAIT_SECONDS)
+                    msgs = await puller.next()
                 except TimeoutError:
-                    idle = True
                     continue
-                idle = False
                 await self.apply(msgs, partial)
         finally:
             await nc.close()

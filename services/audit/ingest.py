@@ -24,7 +24,14 @@ from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
 from latchkit import envelope
-from latchkit.bus import DECISIONS_STREAM, PERMISSIONS_STREAM, BusSettings, connect, ensure_streams
+from latchkit.bus import (
+    DECISIONS_STREAM,
+    PERMISSIONS_STREAM,
+    BusSettings,
+    Puller,
+    connect,
+    ensure_streams,
+)
 from services.audit.ports import AuditStore
 from services.audit.records import to_record
 
@@ -71,10 +78,10 @@ class Ingest:
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE if position else DeliverPolicy.ALL,
                 opt_start_seq=position + 1 if position else None))
             sub = await js.pull_subscribe_bind(durable, stream=stream)
+            puller = Puller(sub, self.batch, FETCH_WAIT_SECONDS)
             while True:
-                # nats-py holds a partial batch until the fetch's deadline: keep it short.
                 try:
-                    msgs = await sub.fetch(self.batch, timeout=FETCH_WAIT_SECONDS)
+                    msgs = await puller.next()
                 except TimeoutError:
                     continue
                 await self.handle(stream, msgs)
