@@ -115,7 +115,10 @@ def pack(serialized: list[bytes]) -> bytes:
 
 
 def unpack(subject_: str, data: bytes) -> list[bytes]:
-    """The serialized envelopes a bus message carries: one, or a batch's items. ValueError if not a batch."""
+    """The serialized envelopes a message on `subject_` carries: itself, or a batch's items.
+
+    ValueError if a message on the batch subject is not an `EnvelopeBatch`.
+    """
     if subject_ != BATCH_SUBJECT:
         return [data]
     try:

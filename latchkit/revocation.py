@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from latchkit.settings import env_str, state_dir
+from latchkit.settings import state_dir
 
 
 def revocation_file() -> Path:
@@ -28,9 +28,11 @@ def revocation_file() -> Path:
 
 @functools.lru_cache(maxsize=16)
 def _revocation_file(explicit: str | None, certs_dir: str | None, state: str | None) -> Path:
-    """The arguments are the settings' raw values: the cache key. The reads below are the same values."""
-    certs = Path(env_str("LATCHKEY_CERTS_DIR", str(state_dir() / "certs")))
-    return Path(env_str("LATCHKEY_REVOKED_SERIALS_FILE", str(certs / "revoked.txt")))
+    """The settings' raw values in, the path out (`state` is part of the key: state_dir() reads it)."""
+    if explicit is not None:
+        return Path(explicit)
+    certs = Path(certs_dir) if certs_dir is not None else state_dir() / "certs"
+    return certs / "revoked.txt"
 
 
 @functools.lru_cache(maxsize=4096)
