@@ -14,6 +14,7 @@ aggregate version anyway.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -82,6 +83,21 @@ async def connect(settings: BusSettings, *, name: str, **options) -> nats.NATS:
         error_cb=on_error,
         **options,
     )
+
+
+async def close(nc: nats.NATS, limit_s: float = 2.0) -> None:
+    """Close a connection without ever hanging the caller (a shutdown, a retry loop).
+
+    nats-py's close flushes and drains the socket first; on a connection that a
+    broker restart left half-dead that can wait forever (seen as a teardown that
+    never finished after a NATS outage test).
+    """
+    if nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.close(), timeout=limit_s)
+    except Exception as exc:  # noqa: BLE001 - closing is best effort (TimeoutError included)
+        log.warning("nats connection did not close cleanly", extra={"error": repr(exc)})
 
 
 async def ensure_streams(js, settings: BusSettings) -> None:

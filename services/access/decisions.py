@@ -30,7 +30,7 @@ import time
 
 from prometheus_client import Gauge
 
-from latchkit import envelope
+from latchkit import bus, envelope
 from latchkit.bus import BusSettings, connect, ensure_streams
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 
@@ -111,7 +111,7 @@ class DecisionPublisher:
                     await asyncio.sleep(self.linger)
                 await self.publish_pending(js)
         finally:
-            await nc.close()
+            await bus.close(nc)
 
     def _messages(self, rows):
         """Consecutive rows -> (subject, payload, Nats-Msg-Id, events) messages, in order.
@@ -199,4 +199,4 @@ class DecisionPublisher:
             while self._pending and not self._spooled:
                 await self.publish_pending(js)
         finally:
-            await nc.close()
+            await bus.close(nc)

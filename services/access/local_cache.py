@@ -38,7 +38,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
-from latchkit import envelope
+from latchkit import bus, envelope
 from latchkit.bus import (
     PERMISSIONS_STREAM,
     PERMISSIONS_SUBJECT_PREFIX,
@@ -230,8 +230,7 @@ class LocalCache:
             raise ConnectionError("nats connection closed")
         finally:
             self.stop()
-            if not nc.is_closed:
-                await nc.close()
+            await bus.close(nc)
 
 
 class PolledWatermark:

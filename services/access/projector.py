@@ -21,7 +21,7 @@ import logging
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from latchkit import envelope
+from latchkit import bus, envelope
 from latchkit.bus import PERMISSIONS_STREAM, BusSettings, Puller, connect, ensure_streams
 from services.access.adapters.redis_cache import RedisUnlockCache
 from services.access.ports import CredentialRow, PairRow, UnlockView, ViewBatch
@@ -108,7 +108,7 @@ class Projector:
                     continue
                 await self.apply(msgs, partial)
         finally:
-            await nc.close()
+            await bus.close(nc)
 
     async def apply(self, msgs, partial: dict) -> None:
         batch = ViewBatch(partial=partial)

@@ -23,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
-from latchkit import envelope
+from latchkit import bus, envelope
 from latchkit.bus import (
     DECISIONS_STREAM,
     PERMISSIONS_STREAM,
@@ -86,7 +86,7 @@ class Ingest:
                     continue
                 await self.handle(stream, msgs)
         finally:
-            await nc.close()
+            await bus.close(nc)
 
     async def handle(self, stream: str, msgs) -> None:
         if not msgs:

@@ -24,6 +24,7 @@ import logging
 import psycopg
 from prometheus_client import Gauge, Histogram
 
+from latchkit import bus
 from latchkit.bus import BusSettings, connect, ensure_streams
 from services.permissions.adapters.postgres import NOTIFY_CHANNEL
 
@@ -91,7 +92,7 @@ class OutboxRelay:
             finally:
                 listener.cancel()
                 if nc is not None:
-                    await nc.close()
+                    await bus.close(nc)
 
     async def _listen(self) -> None:
         """A second session just for LISTEN: its generator reads every notification."""
