@@ -70,11 +70,15 @@ class RunningServer:
         await self.server.stop(grace)
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+        if self.tasks:
+            # Bounded: a background job stuck in a library must not keep the shutdown
+            # (and what runs after it, e.g. spooling the access service's decisions) waiting.
+            finished, stuck = await asyncio.wait(self.tasks, timeout=5)
+            for task in finished:
+                if not task.cancelled():
+                    task.exception()  # retrieved: it ended as it was stopped, nothing to report
+            for task in stuck:
+                log.warning("a background task did not stop within 5 s", extra={"task": task.get_name()})
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
 
