@@ -27,7 +27,10 @@ async def local(urls, permissions):
     task = asyncio.create_task(cache.run())
     yield cache
     task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    # As the server does at shutdown (latchkit.server): at most 5 s for a cancelled job. In
+    # some fresh-clone runs, after the NATS outage below, the feed's cancellation never
+    # completed inside nats-py (not yet explained); it must not hang the suite.
+    await asyncio.wait({task}, timeout=5)
 
 
 async def test_grants_and_revokes_reach_the_cache_and_an_outage_empties_it(stack, admin, local):
