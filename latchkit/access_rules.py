@@ -1,7 +1,7 @@
 """May this user open this door now, and why: the one decision procedure.
 
 Permissions' `ExplainAccess` (the oracle, over PostgreSQL) and access's
-`Unlock` (over the view) both call `evaluate`, so the two sides cannot drift.
+`Unlock` (over the view) both call `decide` (`evaluate` adds each rule's reason), so the two sides cannot drift.
 Pure domain: no I/O, no protobuf. Reason values equal the
 `latchkey.events.v1.DecisionReason` numbers.
 
@@ -93,16 +93,35 @@ def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name or "UTC")
 
 
-def evaluate(access: PairAccess | None, at: dt.datetime) -> Verdict:
+def _by_grant(rule: Rule) -> str:
+    return rule.grant_id
+
+
+def decide(access: PairAccess | None, at: dt.datetime) -> tuple[bool, Reason]:
+    """(granted, reason): `evaluate` without the per-rule detail, for Unlock's hot path."""
     if access is None or not access.rules:
-        return Verdict(False, Reason.NO_GRANT)
-    tz = zone(access.time_zone)
-    per_rule = tuple((rule, rule.reason_at(at, tz)) for rule in sorted(access.rules, key=lambda r: r.grant_id))
+        return False, Reason.NO_GRANT
     if access.user_suspended:
-        return Verdict(False, Reason.USER_SUSPENDED, per_rule)
+        return False, Reason.USER_SUSPENDED
     if access.door_lockdown:
-        return Verdict(False, Reason.DOOR_LOCKDOWN, per_rule)
-    for _, reason in per_rule:
+        return False, Reason.DOOR_LOCKDOWN
+    rules = access.rules if len(access.rules) == 1 else sorted(access.rules, key=_by_grant)
+    tz = zone(access.time_zone)
+    first = None
+    for rule in rules:
+        reason = rule.reason_at(at, tz)
         if reason is Reason.GRANTED:
-            return Verdict(True, Reason.GRANTED, per_rule)
-    return Verdict(False, per_rule[0][1], per_rule)
+            return True, reason
+        if first is None:
+            first = reason
+    return False, first
+
+
+def evaluate(access: PairAccess | None, at: dt.datetime) -> Verdict:
+    """The decision with each rule's own reason (what ExplainAccess shows)."""
+    granted, reason = decide(access, at)
+    if access is None or not access.rules:
+        return Verdict(granted, reason)
+    tz = zone(access.time_zone)
+    per_rule = tuple((rule, rule.reason_at(at, tz)) for rule in sorted(access.rules, key=_by_grant))
+    return Verdict(granted, reason, per_rule)

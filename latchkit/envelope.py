@@ -84,12 +84,16 @@ def subject(envelope: events_pb2.Envelope) -> str:
     """`latchkey.permissions.<type suffix>` or `latchkey.decisions.<door id>`."""
     kind = envelope.WhichOneof("payload")
     if kind in ("unlock_decided", "security_alarm"):
-        door = getattr(envelope, kind).door_id or "_"
-        return DECISIONS_SUBJECT_PREFIX + _token(door)
+        return decision_subject(getattr(envelope, kind).door_id)
     return PERMISSIONS_SUBJECT_PREFIX + envelope.type.split(".", 1)[1]
 
 
 @functools.lru_cache(maxsize=65536)
+def decision_subject(door_id: str) -> str:
+    """`latchkey.decisions.<door id as a subject token>`."""
+    return DECISIONS_SUBJECT_PREFIX + _token(door_id or "_")
+
+
 def _token(value: str) -> str:
     """NATS subject tokens may not contain '.', '*', '>' or whitespace."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in value) or "_"

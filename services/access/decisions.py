@@ -1,6 +1,8 @@
 """Unlock decisions leave the response path and reach JetStream, in order, without loss.
 
-`record` only appends to an in-memory queue (microseconds). The publisher
+`record` only appends to an in-memory queue (microseconds); Unlock's
+`record_deferred` does not even encode its event, the publisher (or the
+spiller) does, many at a time, off the response path. The publisher
 sends queued events to the DECISIONS stream in pipelined batches: what is
 waiting goes out together, up to `per_message` events in one JetStream
 message (an `EnvelopeBatch`; a lone event goes as a plain Envelope), so the
@@ -14,8 +16,9 @@ are moved, in order, to the durable spool, and the spool is drained first
 once NATS answers again, each row deleted only after its PubAck.
 
 What a crash of an access process can lose: events still in memory, that is
-the batch being published plus whatever was decided in the last
-`spill_after` (default 100 ms) while NATS did not acknowledge. Nothing
+the batch being gathered (at most the last `linger` of decisions) or
+published, plus whatever was decided in the last `spill_after` (default
+100 ms) while NATS did not acknowledge. Nothing
 acknowledged by JetStream and nothing in the spool is lost. A graceful
 shutdown loses nothing: what is waiting is sent (for up to 2 s), and what
 could not be sent goes to the spool.
@@ -27,6 +30,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 
 from prometheus_client import Gauge
 
@@ -35,6 +39,8 @@ from latchkit.bus import BusSettings, connect, ensure_streams
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 
 log = logging.getLogger("latchkey.access.decisions")
+Row = tuple[str, str, "bytes | tuple[Callable[..., bytes], tuple]"]
+"""(event id, subject, envelope bytes or a deferred encoding: (encode, args))."""
 SPOOL_BACKLOG = Gauge("latchkey_access_decision_spool_backlog", "Decision events in the durable spool")
 
 
@@ -47,7 +53,7 @@ class DecisionPublisher:
         self.batch = batch
         self.per_message = per_message
         self.linger = linger
-        self._pending: collections.deque[tuple[float, tuple[str, str, bytes]]] = collections.deque()
+        self._pending: collections.deque[tuple[float, Row]] = collections.deque()
         self._wake = asyncio.Event()
         # Held while a batch is in flight and while spilling: keeps the spool in decision order.
         self._order = asyncio.Lock()
@@ -55,8 +61,21 @@ class DecisionPublisher:
 
     def record(self, env) -> None:
         """Called on the response path: no I/O."""
-        self._pending.append((time.monotonic(), (env.event_id, envelope.subject(env), env.SerializeToString())))
-        self._wake.set()
+        self.record_serialized(env.event_id, envelope.subject(env), env.SerializeToString())
+
+    def record_serialized(self, event_id: str, subject: str, payload: bytes) -> None:
+        self._pending.append((time.monotonic(), (event_id, subject, payload)))
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def record_deferred(self, event_id: str, subject: str, encode: Callable[..., bytes], args: tuple) -> None:
+        """An event whose envelope is `encode(*args)`, encoded later with others (Unlock's path).
+
+        `encode` must be pure: the event's bytes are fixed by `args` at this moment.
+        """
+        self._pending.append((time.monotonic(), (event_id, subject, (encode, args))))
+        if not self._wake.is_set():
+            self._wake.set()
 
     async def spill(self, everything: bool = False) -> None:
         """Move events waiting longer than `spill_after` (or all) to the durable spool, oldest first."""
@@ -64,7 +83,7 @@ class DecisionPublisher:
             cutoff = time.monotonic() - self.spill_after
             rows = []
             while self._pending and (everything or self._pending[0][0] <= cutoff):
-                rows.append(self._pending.popleft()[1])
+                rows.append(_encoded(self._pending.popleft()[1]))
             if rows:
                 await self.spool.append(rows)
                 self._spooled += len(rows)
@@ -154,7 +173,8 @@ class DecisionPublisher:
             if self._spooled:
                 # Older events went to the spool meanwhile (e.g. during the linger): they go first.
                 return
-            batch = [self._pending.popleft() for _ in range(min(self.batch, len(self._pending)))]
+            batch = [(t, _encoded(row)) for t, row in
+                     (self._pending.popleft() for _ in range(min(self.batch, len(self._pending))))]
             acked, error = 0, None
             try:
                 acked, error = await self._publish(js, [row for _, row in batch])
@@ -200,3 +220,11 @@ class DecisionPublisher:
                 await self.publish_pending(js)
         finally:
             await bus.close(nc)
+
+
+def _encoded(row: Row) -> tuple[str, str, bytes]:
+    event_id, subject, payload = row
+    if type(payload) is bytes:
+        return row
+    encode, args = payload
+    return event_id, subject, encode(*args)

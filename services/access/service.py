@@ -11,15 +11,13 @@ import asyncio
 import datetime as dt
 import logging
 import time
-import uuid
 
-from google.protobuf.duration_pb2 import Duration
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 from prometheus_client import Counter
 
-from latchkit import access_codec, envelope, secrets
-from latchkit.access_rules import Reason, evaluate
+from latchkit import access_codec, envelope, ids, secrets
+from latchkit.access_rules import Reason, decide
 from latchkit.authz import may_unlock
 from latchkit.errors import InvalidArgument, PermissionDenied, Unavailable
 from latchkit.identity import Principal
@@ -36,6 +34,7 @@ SECRET_LIMITS = {1: (4, 64), 2: (4, 12), 3: (16, 256)}
 ANSWERED_FROM = Counter("latchkey_access_unlock_answered_from_total",
                         "Where Unlock found the rules it decided on", ["source"])
 FROM_MEMORY, FROM_REDIS, FROM_VIEW = (ANSWERED_FROM.labels(s) for s in ("memory", "redis", "view"))
+UNLOCK_DECIDED = envelope.PAYLOAD_TYPES["unlock_decided"]
 
 
 def _check_id(value: str, field: str) -> None:
@@ -61,6 +60,7 @@ class UnlockService:
         self.door_throttle = door_throttle
         self.replays = ReplayMemory()
         self._decoded: dict[tuple[str, str, int], object] = {}
+        self._ids = ids.Sequence()
         self._background: set[asyncio.Task] = set()
 
     # ---- revisions ----------------------------------------------------------------
@@ -96,9 +96,11 @@ class UnlockService:
         task.add_done_callback(self._background.discard)
 
     async def unlock(self, principal: Principal | None, request, time_remaining: float | None):
-        started = time.perf_counter()
-        _check_id(request.door_id, "door_id")
-        if request.request_id and (len(request.request_id) > 64 or not request.request_id.isprintable()):
+        # The hot path: fields are read once into locals (each protobuf attribute read is a call).
+        started = time.perf_counter_ns()
+        door_id, request_id = request.door_id, request.request_id
+        _check_id(door_id, "door_id")
+        if request_id and (len(request_id) > 64 or not request_id.isprintable()):
             raise InvalidArgument("request_id", "must be at most 64 printable characters")
         subject = request.WhichOneof("subject")
         if subject is None:
@@ -114,56 +116,56 @@ class UnlockService:
             if not low <= len(cred.secret) <= high:
                 raise InvalidArgument("credential.secret", f"must be {low}..{high} characters for this kind")
             secret_hash = secrets.hash_secret(self.hmac_key, cred.kind, cred.secret)
-        if not may_unlock(principal, request.door_id):
-            self._alarm(principal, "WRONG_DOOR_IDENTITY", request.door_id,
-                        f"{principal.uri if principal else 'unknown'} asked to open door {request.door_id}")
-            raise PermissionDenied(f"this certificate may not open door {request.door_id[:64]}")
+        if not may_unlock(principal, door_id):
+            self._alarm(principal, "WRONG_DOOR_IDENTITY", door_id,
+                        f"{principal.uri if principal else 'unknown'} asked to open door {door_id}")
+            raise PermissionDenied(f"this certificate may not open door {door_id[:64]}")
 
-        if request.request_id:
-            earlier = self.replays.get(request.door_id, request.request_id)
+        if request_id:
+            earlier = self.replays.get(door_id, request_id)
             if earlier is not None:
                 return access_pb2.UnlockResponse.FromString(earlier)
 
+        min_revision = request.min_revision
         local = self.local
-        if local is not None and local.answers_at(request.min_revision):
+        if local is not None and local.answers_at(min_revision):
             # The per-process cache has applied everything the view has (and min_revision).
             revision = local.watermark
         else:
             local = None
             revision = await self.applied_revision()
-        if request.min_revision > revision:
+        if min_revision > revision:
             wait = min(self.min_revision_wait, max((time_remaining or 0) - 0.05, 0))
-            revision = await self.wait_for_revision(request.min_revision, wait)
-            if revision < request.min_revision:
+            revision = await self.wait_for_revision(min_revision, wait)
+            if revision < min_revision:
                 raise Unavailable(f"the view is at revision {revision}, below min_revision "
-                                  f"{request.min_revision}; retry shortly")
+                                  f"{min_revision}; retry shortly")
 
+        # The two throttles are separate maps: a door id and a credential key never meet.
         cred_k = cred_key(request.credential.kind, secret_hash) if secret_hash else ""
-        door_key, cred_throttle_key = f"door:{request.door_id}", f"cred:{cred_k}"
-        if self.door_throttle.throttled(door_key) or (cred_k and self.credential_throttle.throttled(cred_throttle_key)):
+        if self.door_throttle.throttled(door_id) or (cred_k and self.credential_throttle.throttled(cred_k)):
             earlier, credential, user_id = None, None, request.user_id
             decision, reason = DENIED, Reason.RATE_LIMITED
         else:
             earlier, decision, reason, credential, user_id = await self._decide(request, cred_k, secret_hash, local)
         if earlier is not None:
-            self.replays.put(request.door_id, request.request_id, earlier)
+            self.replays.put(door_id, request_id, earlier)
             return access_pb2.UnlockResponse.FromString(earlier)
 
         now = envelope.timestamp()
-        response = access_pb2.UnlockResponse(decision=decision, reason=int(reason), decision_id=str(uuid.uuid4()),
-                                             view_revision=revision, user_id=user_id)
-        response.server_time.CopyFrom(now)
-        if request.request_id:
+        response = access_pb2.UnlockResponse(decision=decision, reason=reason, decision_id=self._ids.next(),
+                                             view_revision=revision, user_id=user_id, server_time=now)
+        if request_id:
             answer = response.SerializeToString()
-            self.replays.put(request.door_id, request.request_id, answer)
-            self._fire(self._remember(request.door_id, request.request_id, answer))
+            self.replays.put(door_id, request_id, answer)
+            self._fire(self._remember(door_id, request_id, answer))
         if decision == DENIED and reason not in (Reason.RATE_LIMITED, Reason.UNAVAILABLE):
-            if self.door_throttle.deny(door_key):
-                self._alarm(principal, "DOOR_DENIALS_THROTTLED", request.door_id, "repeated denials at this door")
-            if cred_k and self.credential_throttle.deny(cred_throttle_key):
-                self._alarm(principal, "CREDENTIAL_DENIALS_THROTTLED", request.door_id,
+            if self.door_throttle.deny(door_id):
+                self._alarm(principal, "DOOR_DENIALS_THROTTLED", door_id, "repeated denials at this door")
+            if cred_k and self.credential_throttle.deny(cred_k):
+                self._alarm(principal, "CREDENTIAL_DENIALS_THROTTLED", door_id,
                             "repeated denials of one credential", credential.credential_id if credential else "")
-        self._record(principal, request, response, credential, now, time.perf_counter() - started)
+        self._record(principal, request, response, credential, now, time.perf_counter_ns() - started)
         return response
 
     async def _remember(self, door_id: str, request_id: str, answer: bytes) -> None:
@@ -189,8 +191,8 @@ class UnlockService:
             return None
         if pair is None or not pair.payload:
             return DENIED, Reason.NO_GRANT, credential, user_id
-        verdict = evaluate(self._decode(pair), dt.datetime.now(dt.UTC))
-        return GRANTED if verdict.granted else DENIED, verdict.reason, credential, user_id
+        granted, reason = decide(self._decode(pair), dt.datetime.now(dt.UTC))
+        return GRANTED if granted else DENIED, reason, credential, user_id
 
     async def _decide(self, request, cred_k: str, secret_hash: bytes, local: LocalCache | None):
         """(earlier answer, decision, reason, credential, user_id)."""
@@ -268,8 +270,8 @@ class UnlockService:
             return None, DENIED, Reason.UNAVAILABLE, credential, user_id
         if pair is None or not pair.payload:
             return None, DENIED, Reason.NO_GRANT, credential, user_id
-        verdict = evaluate(self._decode(pair), dt.datetime.now(dt.UTC))
-        return None, GRANTED if verdict.granted else DENIED, verdict.reason, credential, user_id
+        granted, reason = decide(self._decode(pair), dt.datetime.now(dt.UTC))
+        return None, GRANTED if granted else DENIED, reason, credential, user_id
 
     def _decode(self, pair: PairRow):
         key = (pair.door_id, pair.user_id, pair.version)
@@ -282,22 +284,41 @@ class UnlockService:
         return access
 
     # ---- events ------------------------------------------------------------------------
-    def _record(self, principal, request, response, credential, now, latency: float) -> None:
-        event = ev.UnlockDecided(
-            decision_id=response.decision_id, door_id=request.door_id, user_id=response.user_id,
-            credential_id=credential.credential_id if credential else "", request_id=request.request_id,
-            decision=response.decision, reason=response.reason, view_revision=response.view_revision,
-            server_time=response.server_time, decision_latency=Duration(nanos=int(latency * 1e9)),
-        )
-        if request.HasField("controller_time"):
-            event.controller_time.CopyFrom(request.controller_time)
-        # One decision, one event: the decision id is also the event id (both unique, one uuid4 fewer).
-        self.decisions.record(envelope.build(event, actor=principal.uri if principal else "", occurred_at=now,
-                                             event_id=response.decision_id,
-                                             aggregate_key=f"door/{request.door_id}",
-                                             revision=response.view_revision))
+    def _record(self, principal, request, response, credential, now, latency_ns: int) -> None:
+        # One decision, one event: the decision id is also the event id. Only the values are
+        # taken here; the publisher encodes the envelope later, with others, off the response path.
+        door_id, decision_id = request.door_id, response.decision_id
+        controller = (request.controller_time.seconds, request.controller_time.nanos) \
+            if request.HasField("controller_time") else None
+        self.decisions.record_deferred(decision_id, envelope.decision_subject(door_id), encode_decision, (
+            decision_id, principal.uri if principal else "", door_id, response.user_id,
+            credential.credential_id if credential is not None else "", request.request_id, response.decision,
+            response.reason, response.view_revision, now.seconds, now.nanos, latency_ns, controller))
 
     def _alarm(self, principal, kind: str, door_id: str, detail: str, credential_id: str = "") -> None:
         alarm = ev.SecurityAlarm(kind=kind, door_id=door_id[:64], credential_id=credential_id, detail=detail[:200])
         self.decisions.record(envelope.build(alarm, actor=principal.uri if principal else "",
                                              aggregate_key=f"door/{door_id[:64]}"))
+
+
+def encode_decision(decision_id: str, actor: str, door_id: str, user_id: str, credential_id: str, request_id: str,
+                    decision: int, reason: int, revision: int, server_seconds: int, server_nanos: int,
+                    latency_ns: int, controller: tuple[int, int] | None) -> bytes:
+    """The serialized Envelope of one UnlockDecided (built in place: no nested copies)."""
+    env = ev.Envelope(event_id=decision_id, type=UNLOCK_DECIDED, actor=actor, revision=revision,
+                      revision_event_count=1, aggregate_key="door/" + door_id)
+    env.occurred_at.seconds, env.occurred_at.nanos = server_seconds, server_nanos
+    decided = env.unlock_decided
+    decided.decision_id = decision_id
+    decided.door_id = door_id
+    decided.user_id = user_id
+    decided.credential_id = credential_id
+    decided.request_id = request_id
+    decided.decision = decision
+    decided.reason = reason
+    decided.view_revision = revision
+    decided.server_time.seconds, decided.server_time.nanos = server_seconds, server_nanos
+    decided.decision_latency.seconds, decided.decision_latency.nanos = divmod(latency_ns, 1_000_000_000)
+    if controller is not None:
+        decided.controller_time.seconds, decided.controller_time.nanos = controller
+    return env.SerializeToString()
