@@ -61,8 +61,24 @@ def stream_configs(settings: BusSettings) -> list[StreamConfig]:
     ]
 
 
+def raise_if_cancelled() -> None:
+    """Raise CancelledError if this task was cancelled and a library swallowed the cancellation.
+
+    Python 3.11's `asyncio.wait_for` returns the result instead of raising when
+    what it awaited finished in the same loop turn as the cancel (gh-86296).
+    nats-py awaits every request that way, so a cancelled feed could carry on,
+    e.g. into a wait that never ends, and keep a shutdown waiting. The loops
+    that live as long as the process call this before each long wait (through
+    `connect` and `Puller.next` at least).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def connect(settings: BusSettings, *, name: str, **options) -> nats.NATS:
     """Connect with endless reconnects: a broker outage is waited out, never fatal."""
+    raise_if_cancelled()
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected", extra={"client": name})
@@ -139,6 +155,7 @@ class Puller:
         self.idle = False
 
     async def next(self) -> list:
+        raise_if_cancelled()
         try:
             if self.idle:
                 msgs = await self.sub.fetch(1, timeout=self.idle_wait)

@@ -117,6 +117,7 @@ class DecisionPublisher:
             js = nc.jetstream()
             await ensure_streams(js, self.bus)
             while True:
+                bus.raise_if_cancelled()
                 if self._spooled:
                     await self.drain_spool(js)
                     continue

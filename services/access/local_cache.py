@@ -224,6 +224,7 @@ class LocalCache:
             await js.subscribe(PERMISSIONS_SUBJECT_PREFIX + ">", stream=PERMISSIONS_STREAM, cb=on_msg,
                                ordered_consumer=True, idle_heartbeat=2.0, config=config)
             log.info("local cache feed live", extra={"floor": floor, "start_seq": last + 1})
+            bus.raise_if_cancelled()  # a cancel lost inside nats-py would leave this wait forever
             await closed
             if failed:
                 raise failed[0]

@@ -81,6 +81,7 @@ class OutboxRelay:
                 js = nc.jetstream()
                 await ensure_streams(js, self.bus)
                 while True:
+                    bus.raise_if_cancelled()
                     self._wake.clear()
                     if await self.publish_round(conn, js) == self.batch:
                         continue
