@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -81,13 +82,19 @@ class DecisionPublisher:
     async def spill(self, everything: bool = False) -> None:
         """Move events waiting longer than `spill_after` (or all) to the durable spool, oldest first."""
         async with self._order:
+            # Under `_order` nothing else takes from the front: the events leave memory only
+            # once the spool holds them, so a failed write keeps them for the next attempt.
             cutoff = time.monotonic() - self.spill_after
-            rows = []
-            while self._pending and (everything or self._pending[0][0] <= cutoff):
-                rows.append(_encoded(self._pending.popleft()[1]))
-            if rows:
-                await self.spool.append(rows)
-                self._spooled += len(rows)
+            count = 0
+            for t, _ in self._pending:
+                if not everything and t > cutoff:
+                    break
+                count += 1
+            if count:
+                await self.spool.append([_encoded(row) for _, row in itertools.islice(self._pending, count)])
+                for _ in range(count):
+                    self._pending.popleft()
+                self._spooled += count
                 SPOOL_BACKLOG.set(self._spooled)
 
     async def run_spiller(self) -> None:
@@ -175,8 +182,10 @@ class DecisionPublisher:
             if self._spooled:
                 # Older events went to the spool meanwhile (e.g. during the linger): they go first.
                 return
-            batch = [(t, _encoded(row)) for t, row in
-                     (self._pending.popleft() for _ in range(min(self.batch, len(self._pending))))]
+            count = min(self.batch, len(self._pending))
+            batch = [(t, _encoded(row)) for t, row in itertools.islice(self._pending, count)]
+            for _ in range(count):
+                self._pending.popleft()
             acked, error = 0, None
             try:
                 acked, error = await self._publish(js, [row for _, row in batch])

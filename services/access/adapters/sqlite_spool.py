@@ -34,8 +34,12 @@ class SqliteDecisionSpool:
     def _append(self, rows: list[tuple[str, str, bytes]]) -> None:
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
-        db.executemany("INSERT INTO spool (event_id, subject, payload) VALUES (?, ?, ?)", rows)
-        db.execute("COMMIT")
+        try:
+            db.executemany("INSERT INTO spool (event_id, subject, payload) VALUES (?, ?, ?)", rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")  # all or nothing; the connection stays usable for the retry
+            raise
 
     async def oldest(self, limit: int) -> list[tuple[int, str, str, bytes]]:
         return await asyncio.to_thread(
