@@ -67,6 +67,9 @@ class LocalCache:
         self.view_watermark = view_watermark
         """The view's applied revision as this process last knew it (no I/O)."""
         self.live = False
+        self.following = False
+        """True while the feed's subscription is in place: every later event will arrive.
+        (`live` comes first: it is set as the feed starts, before it subscribes.)"""
         self.floor = 0
         self.watermark = 0
         self.highest_seen = 0
@@ -164,7 +167,7 @@ class LocalCache:
         self.live = True
 
     def stop(self) -> None:
-        self.live = False
+        self.live = self.following = False
         self.reset("feed stopped")
 
     async def run(self) -> None:
@@ -223,6 +226,7 @@ class LocalCache:
             config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1)
             await js.subscribe(PERMISSIONS_SUBJECT_PREFIX + ">", stream=PERMISSIONS_STREAM, cb=on_msg,
                                ordered_consumer=True, idle_heartbeat=2.0, config=config)
+            self.following = True
             log.info("local cache feed live", extra={"floor": floor, "start_seq": last + 1})
             bus.raise_if_cancelled()  # a cancel lost inside nats-py would leave this wait forever
             await closed
