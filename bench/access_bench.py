@@ -5,6 +5,9 @@ floor; audit is not started: this measures the access service); the load
 generator is this process (grpc.aio, one channel per door). The hot path is
 the per-process cache (`unlock_memory_hit`); a second access process with that
 cache off measures the Redis hit and the view hit after a Redis flush.
+The floor and the cases it is compared with run in rotation, three turns of
+one second each (`harness.interleaved`), so a slow spell of the machine does
+not land on one of them only.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from bench.harness import (
     aio_channel,
     closed_loop,
+    interleaved,
     percentile,
     start_module,
     start_services,
@@ -143,10 +147,10 @@ async def measure(target, pki_dir, echo_port, pg_port, hot_door, hot_card, revis
             await pstub.Unlock(hit, timeout=5)
 
         for n in IN_FLIGHT:
-            rows[f"echo_floor@{n}"] = await closed_loop(call_echo, n, SECONDS)
-            rows[f"unlock_memory_hit@{n}"] = await closed_loop(call_hit, n, SECONDS)
-            rows[f"unlock_deny_unknown_credential@{n}"] = await closed_loop(call_deny, n, SECONDS)
-            rows[f"pg_direct_in_handler@{n}"] = await closed_loop(call_pg, n, SECONDS)
+            measured = await interleaved({"echo_floor": call_echo, "unlock_memory_hit": call_hit,
+                                          "unlock_deny_unknown_credential": call_deny,
+                                          "pg_direct_in_handler": call_pg}, n, SECONDS)
+            rows.update({f"{name}@{n}": row for name, row in measured.items()})
     return rows
 
 

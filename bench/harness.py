@@ -32,6 +32,24 @@ def summary_ms(latencies_s: list[float], elapsed_s: float) -> dict:
 
 async def closed_loop(call, in_flight: int, seconds: float, warmup: float = 0.5) -> dict:
     """`in_flight` workers each awaiting `call(i)` back to back; latencies after the warm-up."""
+    return summary_ms(await _latencies(call, in_flight, seconds, warmup), seconds)
+
+
+async def interleaved(calls: dict, in_flight: int, seconds: float, rounds: int = 3, warmup: float = 0.3) -> dict:
+    """Each of `calls` (name -> call) for `seconds` in all, in `rounds` turns taken in rotation.
+
+    On this shared machine a slow spell of a few seconds falls on whichever case
+    runs then; in rotation it falls on every case alike, so ratios between them
+    hold. Each summary pools that case's calls over its turns.
+    """
+    pooled: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            pooled[name] += await _latencies(call, in_flight, seconds / rounds, warmup)
+    return {name: summary_ms(latencies, seconds) for name, latencies in pooled.items()}
+
+
+async def _latencies(call, in_flight: int, seconds: float, warmup: float) -> list[float]:
     latencies: list[float] = []
     stop_at = time.perf_counter() + warmup + seconds
     measure_from = time.perf_counter() + warmup
@@ -49,7 +67,7 @@ async def closed_loop(call, in_flight: int, seconds: float, warmup: float = 0.5)
             i += in_flight
 
     await asyncio.gather(*(worker(w) for w in range(in_flight)))
-    return summary_ms(latencies, seconds)
+    return latencies
 
 
 def aio_channel(target: str, tls: TlsSettings) -> grpc.aio.Channel:
