@@ -68,8 +68,9 @@ def raise_if_cancelled() -> None:
     what it awaited finished in the same loop turn as the cancel (gh-86296).
     nats-py awaits every request that way, so a cancelled feed could carry on,
     e.g. into a wait that never ends, and keep a shutdown waiting. The loops
-    that live as long as the process call this before each long wait (through
-    `connect` and `Puller.next` at least).
+    that live as long as the process call this on each turn and before each
+    long wait (`Puller.next` does). Not for clean-up code that runs after a
+    cancel on purpose (it would stop there).
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():
@@ -78,7 +79,6 @@ def raise_if_cancelled() -> None:
 
 async def connect(settings: BusSettings, *, name: str, **options) -> nats.NATS:
     """Connect with endless reconnects: a broker outage is waited out, never fatal."""
-    raise_if_cancelled()
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected", extra={"client": name})

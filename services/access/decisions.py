@@ -110,6 +110,7 @@ class DecisionPublisher:
         backoff = 0.1
         while True:
             try:
+                bus.raise_if_cancelled()
                 await self._publish_forever()
             except asyncio.CancelledError:
                 raise

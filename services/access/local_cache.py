@@ -175,6 +175,7 @@ class LocalCache:
         while True:
             started = time.monotonic()
             try:
+                bus.raise_if_cancelled()
                 await self._follow()
             except asyncio.CancelledError:
                 self.stop()

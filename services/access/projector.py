@@ -77,6 +77,7 @@ class Projector:
         backoff = 0.1
         while True:
             try:
+                bus.raise_if_cancelled()
                 await self._consume()
             except asyncio.CancelledError:
                 raise

@@ -56,6 +56,7 @@ class Ingest:
         backoff = 0.1
         while True:
             try:
+                bus.raise_if_cancelled()
                 await self._consume(stream)
             except asyncio.CancelledError:
                 raise

@@ -54,6 +54,7 @@ class OutboxRelay:
         backoff = 0.1
         while True:
             try:
+                bus.raise_if_cancelled()
                 await self._lead()
             except asyncio.CancelledError:
                 raise
