@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import nats
+import pytest
 from latchkey.events.v1 import events_pb2 as ev
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -138,3 +139,27 @@ async def test_a_graceful_close_sends_what_is_waiting_instead_of_spooling_it(url
     reopened = SqliteDecisionSpool(tmp_path / "spool.sqlite")
     assert await reopened.count() == 0
     await reopened.close()
+
+
+async def test_a_cancelled_server_task_still_sends_what_is_waiting_as_it_closes(urls, tmp_path):
+    """Shutdown clean-up may run in a task that was cancelled: it must still send (or spool)."""
+    door = uuid.uuid4().hex
+    publisher = DecisionPublisher(SqliteDecisionSpool(tmp_path / "spool.sqlite"),
+                                  BusSettings(url=urls.nats_url, duplicate_window_s=600.0))
+    events = [decision(door) for _ in range(3)]
+    serving = asyncio.Event()
+
+    async def serve() -> None:
+        record_all(publisher, events)
+        try:
+            serving.set()
+            await asyncio.get_running_loop().create_future()  # serves until cancelled
+        finally:
+            await publisher.close()
+
+    task = asyncio.create_task(serve())
+    await serving.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await stored_decisions(urls.nats_url, door) == [e.unlock_decided.decision_id for e in events]
