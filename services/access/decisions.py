@@ -214,7 +214,8 @@ class DecisionPublisher:
     async def close(self, flush_seconds: float = 2.0) -> None:
         """On graceful shutdown: send what is waiting (for at most `flush_seconds`), spool the rest.
 
-        Sending first matters where the spool is not kept across restarts (a pod's emptyDir).
+        Sending first matters most when no process will start on this spool again (a pod
+        removed by a scale-down).
         """
         if self._pending and not self._spooled:
             try:

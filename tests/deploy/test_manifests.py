@@ -115,6 +115,14 @@ def find(docs: list[dict], kind: str, name: str) -> dict:
     return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
 
 
+WORKLOAD_KIND = {"permissions": "Deployment", "access": "StatefulSet", "audit": "Deployment"}
+
+
+def workload(docs: list[dict], name: str) -> dict:
+    """A service's Deployment (access: its StatefulSet, for the per-pod spool volume)."""
+    return find(docs, WORKLOAD_KIND[name], name)
+
+
 def container_env(docs: list[dict], container: dict) -> dict[str, object]:
     """The container's effective environment: envFrom ConfigMaps, then env (which wins)."""
     config = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
@@ -127,7 +135,7 @@ def container_env(docs: list[dict], container: dict) -> dict[str, object]:
 
 
 def service_container(docs: list[dict], name: str) -> dict:
-    return find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+    return workload(docs, name)["spec"]["template"]["spec"]["containers"][0]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -145,8 +153,7 @@ def test_every_setting_is_set_in_every_service_container(overlay):
 def test_servers_listen_on_all_interfaces_with_the_mounted_certificates(overlay):
     docs = documents(overlay)
     for name, prefix in SERVICES.items():
-        deployment = find(docs, "Deployment", name)
-        pod = deployment["spec"]["template"]["spec"]
+        pod = workload(docs, name)["spec"]["template"]["spec"]
         container = pod["containers"][0]
         env = container_env(docs, container)
         grpc_port, metrics_port = PORTS[name]
@@ -172,7 +179,7 @@ def test_servers_listen_on_all_interfaces_with_the_mounted_certificates(overlay)
 def test_credential_key_comes_from_a_secret_file(overlay):
     docs = documents(overlay)
     for name in ("permissions", "access"):
-        pod = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        pod = workload(docs, name)["spec"]["template"]["spec"]
         path = container_env(docs, pod["containers"][0])["LATCHKEY_CREDENTIAL_HMAC_KEY_FILE"]
         mount = next(m for m in pod["containers"][0]["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
         volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
@@ -187,7 +194,7 @@ def latchkey_help(words: list[str]) -> int:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_entry_points_named_by_the_manifests_exist(overlay):
     for doc in documents(overlay):
-        if doc["kind"] not in ("Deployment", "Job", "CronJob"):
+        if doc["kind"] not in ("Deployment", "StatefulSet", "Job", "CronJob"):
             continue
         spec = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
         for container in spec["template"]["spec"]["containers"]:
@@ -236,12 +243,18 @@ def test_single_node_uses_embedded_stores_on_volumes():
     assert not any(d["kind"] in ("ScyllaCluster", "HorizontalPodAutoscaler") for d in docs)
     assert not any(d["kind"] == "Job" and d["metadata"]["name"] == "migrate-cql" for d in docs)
     for name in SERVICES:
-        assert find(docs, "Deployment", name)["spec"]["replicas"] == 1
-    for name in ("access", "audit"):
-        pod = find(docs, "Deployment", name)["spec"]["template"]["spec"]
-        state = next(v for v in pod["volumes"] if v["name"] == "state")
-        assert state["persistentVolumeClaim"]["claimName"] == f"{name}-state"
-        assert "emptyDir" not in state
+        assert workload(docs, name)["spec"]["replicas"] == 1
+    audit = workload(docs, "audit")["spec"]["template"]["spec"]
+    state = next(v for v in audit["volumes"] if v["name"] == "state")
+    assert state["persistentVolumeClaim"]["claimName"] == "audit-state" and "emptyDir" not in state
+    # Access keeps the embedded view on its pod's own volume; the rebuild job writes there too.
+    access = workload(docs, "access")["spec"]
+    assert [t["metadata"]["name"] for t in access["volumeClaimTemplates"]] == ["state"]
+    assert access["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert not any(v["name"] == "state" for v in access["template"]["spec"]["volumes"])
+    rebuild = find(docs, "CronJob", "rebuild-view")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    state = next(v for v in rebuild["volumes"] if v["name"] == "state")
+    assert state["persistentVolumeClaim"]["claimName"] == "state-access-0"
     nats = find(docs, "ConfigMap", "nats-config")["data"]["nats.conf"]
     assert "sync_interval: always" in nats
 
@@ -271,9 +284,15 @@ def test_production_data_tier():
     redis = find(docs, "Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]
     assert redis["args"][:4] == ["--save", "", "--appendonly", "no"]  # a cache: nothing persisted
     for name in ("permissions", "access"):
-        deployment = find(docs, "Deployment", name)
-        assert deployment["spec"]["replicas"] > 1
-        assert find(docs, "HorizontalPodAutoscaler", name)["spec"]["minReplicas"] > 1
+        assert workload(docs, name)["spec"]["replicas"] > 1
+        scaler = find(docs, "HorizontalPodAutoscaler", name)["spec"]
+        assert scaler["minReplicas"] > 1 and scaler["scaleTargetRef"]["kind"] == WORKLOAD_KIND[name]
     for name in SERVICES:
-        spread = find(docs, "Deployment", name)["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        spread = workload(docs, name)["spec"]["template"]["spec"]["topologySpreadConstraints"]
         assert "topology.kubernetes.io/zone" in {c["topologyKey"] for c in spread}
+    # Each access pod's decision spool is on a volume of its own, kept across reschedules.
+    access = workload(docs, "access")["spec"]
+    assert [t["metadata"]["name"] for t in access["volumeClaimTemplates"]] == ["state"]
+    assert access["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    mounts = {m["name"]: m["mountPath"] for m in access["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["state"] == "/var/lib/latchkey"
