@@ -80,8 +80,11 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
             admin = permissions_pb2_grpc.PermissionsServiceStub(pch)
             hot_door, hot_cards, _ = await seed(admin, "hot", 1)
             view_door, view_cards, revision = await seed(admin, "view", VIEW_KEYS)
+            servers = {"echo_floor": echo.pid, "unlock_memory_hit": services.procs["access"].pid,
+                       "unlock_deny_unknown_credential": services.procs["access"].pid,
+                       "pg_direct_in_handler": pg.pid}
             rows.update(await measure(services.targets["access"], pki_dir, echo_port, pg_port, hot_door,
-                                      hot_cards[0], revision))
+                                      hot_cards[0], revision, servers))
             rows["server_decision_time_memory_hit"] = await decision_times(stack_urls.nats_url, hot_door.door_id)
             # The same service with its per-process cache off: what Redis and the view cost.
             redis_only, target = start_access(services.env, state_dir / "redis-only",
@@ -103,6 +106,8 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
             base = rows[f"echo_floor@{n}"]
             row["p50_x_floor"] = row["p50_ms"] / base["p50_ms"]
             row["rps_x_floor"] = row["rps"] / base["rps"]
+            if "server_cpu_us" in row and base.get("server_cpu_us"):
+                row["cpu_x_floor"] = row["server_cpu_us"] / base["server_cpu_us"]
     return rows
 
 
@@ -118,7 +123,7 @@ def start_access(env: dict, state: Path, extra: dict) -> tuple[subprocess.Popen,
     return proc, target
 
 
-async def measure(target, pki_dir, echo_port, pg_port, hot_door, hot_card, revision) -> dict:
+async def measure(target, pki_dir, echo_port, pg_port, hot_door, hot_card, revision, servers) -> dict:
     rows = {}
     hot_tls = door_tls(pki_dir, hot_door.door_id)
     unknown = access_pb2.PresentedCredential(kind=1, secret="not-a-known-card")
@@ -149,7 +154,7 @@ async def measure(target, pki_dir, echo_port, pg_port, hot_door, hot_card, revis
         for n in IN_FLIGHT:
             measured = await interleaved({"echo_floor": call_echo, "unlock_memory_hit": call_hit,
                                           "unlock_deny_unknown_credential": call_deny,
-                                          "pg_direct_in_handler": call_pg}, n, SECONDS)
+                                          "pg_direct_in_handler": call_pg}, n, SECONDS, servers=servers)
             rows.update({f"{name}@{n}": row for name, row in measured.items()})
     return rows
 

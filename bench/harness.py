@@ -32,29 +32,55 @@ def summary_ms(latencies_s: list[float], elapsed_s: float) -> dict:
 
 async def closed_loop(call, in_flight: int, seconds: float, warmup: float = 0.5) -> dict:
     """`in_flight` workers each awaiting `call(i)` back to back; latencies after the warm-up."""
-    return summary_ms(await _latencies(call, in_flight, seconds, warmup), seconds)
+    return summary_ms((await _latencies(call, in_flight, seconds, warmup))[0], seconds)
 
 
-async def interleaved(calls: dict, in_flight: int, seconds: float, rounds: int = 3, warmup: float = 0.3) -> dict:
+async def interleaved(calls: dict, in_flight: int, seconds: float, rounds: int = 3, warmup: float = 0.3,
+                      servers: dict[str, int] | None = None) -> dict:
     """Each of `calls` (name -> call) for `seconds` in all, in `rounds` turns taken in rotation.
 
     On this shared machine a slow spell of a few seconds falls on whichever case
     runs then; in rotation it falls on every case alike, so ratios between them
-    hold. Each summary pools that case's calls over its turns.
+    hold. Each summary pools that case's calls over its turns. With `servers`
+    (name -> pid of the server process that case calls), it also gives the
+    server's CPU time per call (`server_cpu_us`, user + system, warm-up calls
+    included): the server process is the bottleneck here, and its CPU per call
+    is steadier than wall-clock figures.
     """
     pooled: dict[str, list[float]] = {name: [] for name in calls}
+    cpu = dict.fromkeys(calls, 0.0)
+    served = dict.fromkeys(calls, 0)
     for _ in range(rounds):
         for name, call in calls.items():
-            pooled[name] += await _latencies(call, in_flight, seconds / rounds, warmup)
-    return {name: summary_ms(latencies, seconds) for name, latencies in pooled.items()}
+            pid = (servers or {}).get(name)
+            before = process_cpu_seconds(pid) if pid else 0.0
+            latencies, total = await _latencies(call, in_flight, seconds / rounds, warmup)
+            if pid:
+                cpu[name] += process_cpu_seconds(pid) - before
+                served[name] += total
+            pooled[name] += latencies
+    rows = {name: summary_ms(latencies, seconds) for name, latencies in pooled.items()}
+    for name in calls:
+        if served[name]:
+            rows[name]["server_cpu_us"] = cpu[name] / served[name] * 1e6
+    return rows
 
 
-async def _latencies(call, in_flight: int, seconds: float, warmup: float) -> list[float]:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _latencies(call, in_flight: int, seconds: float, warmup: float) -> tuple[list[float], int]:
+    """(latencies after the warm-up, calls made in all)."""
     latencies: list[float] = []
+    total = 0
     stop_at = time.perf_counter() + warmup + seconds
     measure_from = time.perf_counter() + warmup
 
     async def worker(w: int) -> None:
+        nonlocal total
         i = w
         while True:
             t0 = time.perf_counter()
@@ -62,12 +88,13 @@ async def _latencies(call, in_flight: int, seconds: float, warmup: float) -> lis
                 return
             await call(i)
             t1 = time.perf_counter()
+            total += 1
             if t0 >= measure_from:
                 latencies.append(t1 - t0)
             i += in_flight
 
     await asyncio.gather(*(worker(w) for w in range(in_flight)))
-    return latencies
+    return latencies, total
 
 
 def aio_channel(target: str, tls: TlsSettings) -> grpc.aio.Channel:
