@@ -153,7 +153,8 @@ class UnlockService:
             return access_pb2.UnlockResponse.FromString(earlier)
 
         now = envelope.timestamp()
-        response = access_pb2.UnlockResponse(decision=decision, reason=reason, decision_id=self._ids.next(),
+        decision_id = self._ids.next()
+        response = access_pb2.UnlockResponse(decision=decision, reason=reason, decision_id=decision_id,
                                              view_revision=revision, user_id=user_id, server_time=now)
         if request_id:
             answer = response.SerializeToString()
@@ -165,7 +166,8 @@ class UnlockService:
             if cred_k and self.credential_throttle.deny(cred_k):
                 self._alarm(principal, "CREDENTIAL_DENIALS_THROTTLED", door_id,
                             "repeated denials of one credential", credential.credential_id if credential else "")
-        self._record(principal, request, response, credential, now, time.perf_counter_ns() - started)
+        self._record(principal, request, decision_id, user_id, credential, decision, reason, revision, now,
+                     time.perf_counter_ns() - started)
         return response
 
     async def _remember(self, door_id: str, request_id: str, answer: bytes) -> None:
@@ -284,16 +286,18 @@ class UnlockService:
         return access
 
     # ---- events ------------------------------------------------------------------------
-    def _record(self, principal, request, response, credential, now, latency_ns: int) -> None:
+    def _record(self, principal, request, decision_id: str, user_id: str, credential, decision: int, reason: int,
+                revision: int, now, latency_ns: int) -> None:
         # One decision, one event: the decision id is also the event id. Only the values are
-        # taken here; the publisher encodes the envelope later, with others, off the response path.
-        door_id, decision_id = request.door_id, response.decision_id
+        # taken here (the ones Unlock holds, not read back from the response); the publisher
+        # encodes the envelope later, with others, off the response path.
+        door_id = request.door_id
         controller = (request.controller_time.seconds, request.controller_time.nanos) \
             if request.HasField("controller_time") else None
         self.decisions.record_deferred(decision_id, envelope.decision_subject(door_id), encode_decision, (
-            decision_id, principal.uri if principal else "", door_id, response.user_id,
-            credential.credential_id if credential is not None else "", request.request_id, response.decision,
-            response.reason, response.view_revision, now.seconds, now.nanos, latency_ns, controller))
+            decision_id, principal.uri if principal else "", door_id, user_id,
+            credential.credential_id if credential is not None else "", request.request_id, int(decision),
+            int(reason), revision, now.seconds, now.nanos, latency_ns, controller))
 
     def _alarm(self, principal, kind: str, door_id: str, detail: str, credential_id: str = "") -> None:
         alarm = ev.SecurityAlarm(kind=kind, door_id=door_id[:64], credential_id=credential_id, detail=detail[:200])
