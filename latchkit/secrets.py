@@ -7,6 +7,7 @@ secret itself.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets as _secrets
@@ -43,3 +44,30 @@ def hash_secret(key: bytes, kind: int, secret: str | bytes) -> bytes:
     """HMAC-SHA256 over the credential kind and secret: equal secrets of different kinds differ."""
     data = secret.encode() if isinstance(secret, str) else secret
     return hmac.digest(key, kind.to_bytes(2, "big") + data, "sha256")  # one-shot: the C fast path
+
+
+class SecretHasher:
+    """`hash_secret` with one key, about twice as fast: Unlock hashes every presented secret.
+
+    HMAC (RFC 2104) is sha256((key ^ opad) || sha256((key ^ ipad) || message)); the two
+    keyed sha256 states are computed once and copied per message, instead of keying
+    both again on every call. Same bytes as `hash_secret` (a test holds them equal).
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        block = hashlib.sha256().block_size
+        if len(key) > block:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(block, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def hash(self, kind: int, secret: str | bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(kind.to_bytes(2, "big"))
+        inner.update(secret.encode() if isinstance(secret, str) else secret)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()

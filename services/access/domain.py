@@ -29,8 +29,9 @@ class DenialThrottle:
         return hits
 
     def throttled(self, key: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        return key in self._hits and len(self._recent(key, now)) >= self.limit
+        if key not in self._hits:  # the common case: no recent denial, no clock read
+            return False
+        return len(self._recent(key, time.monotonic() if now is None else now)) >= self.limit
 
     def deny(self, key: str, now: float | None = None) -> bool:
         """Record a denial; True if this denial crossed the limit (raise an alarm)."""
