@@ -62,6 +62,15 @@ class Door:
         self.channel.close()
 
 
+def wait_for_view(system, pki, revision: int, timeout: float = 10) -> None:
+    """Until the unlock view itself (the projector's work, not only the per-process caches) has `revision`."""
+    with grpc.secure_channel(system.targets["access"], channel_credentials(pki.tls("admin"))) as channel:
+        answer = access_pb2_grpc.AccessServiceStub(channel).WaitForRevision(
+            access_pb2.WaitForRevisionRequest(revision=revision, timeout={"seconds": int(timeout)}),
+            timeout=timeout + 5)
+    assert answer.reached, f"the view is at {answer.applied_revision}, not {revision}"
+
+
 def card(secret: str):
     return access_pb2.PresentedCredential(kind=1, secret=secret)
 
