@@ -10,6 +10,7 @@ from latchkey.access.v1 import access_pb2, access_pb2_grpc
 from latchkit import authz, secrets
 from latchkit.server import ServiceSpec
 from services.access.adapters.redis_cache import RedisUnlockCache
+from services.access.adapters.sqlite_redis_backlog import SqliteRedisBacklog
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 from services.access.decisions import DecisionPublisher
 from services.access.domain import DenialThrottle
@@ -50,7 +51,7 @@ class AccessApp:
 
         background = [self.decisions.run_spiller, self.decisions.run_publisher]
         if self.projector is not None:
-            background.append(self.projector.run)
+            background += [self.projector.run, self.projector.run_redis_lease]
         if self.polled_watermark is not None:
             background.append(self.polled_watermark.run)
         if self.local is not None:
@@ -63,6 +64,8 @@ class AccessApp:
 
     async def stop(self) -> None:
         await self.decisions.close()
+        if self.projector is not None:
+            await self.projector.backlog.close()
         await self.cache.close()
         await self.view.close()
 
@@ -73,11 +76,13 @@ def build(settings: AccessSettings | None = None) -> AccessApp:
         # The workers share the gRPC port, not the metrics port: the first worker serves metrics.
         settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, metrics_port=0))
     view = build_view(settings)
-    cache = RedisUnlockCache(settings.redis_url, settings.cache_ttl_seconds, settings.negative_ttl_seconds)
+    cache = RedisUnlockCache(settings.redis_url, settings.cache_ttl_seconds, settings.negative_ttl_seconds,
+                             instance=settings.instance)
     spool = SqliteDecisionSpool(settings.data_dir / f"decisions-{settings.worker_index}.sqlite")
     decisions = DecisionPublisher(spool, settings.bus)
     # One logical projector: only worker 0 runs it.
-    projector = (Projector(view, cache, settings.bus, instance=settings.instance)
+    projector = (Projector(view, cache, settings.bus, SqliteRedisBacklog(settings.data_dir / "redis-backlog.sqlite"),
+                           instance=settings.instance, lease_seconds=settings.redis_lease_seconds)
                  if settings.worker_index == 0 else None)
     local = polled = None
     if settings.local_cache_entries:

@@ -9,27 +9,37 @@ the highest revision below which every event has been applied (the
 watermark), which is what `Unlock` reports and what `min_revision` waits for.
 
 Redis unreachable: the view is the truth, so the round still applies and
-acks; the keys Redis missed are remembered and re-written before anything
-newer once Redis answers again (and every entry has a TTL as a last bound).
+acks, but first the projector lets its Redis lease lapse (workers trust Redis
+only under it, see redis_cache.py) and records the keys Redis missed in the
+durable backlog (sqlite_redis_backlog.py). Once Redis answers, the lease loop
+writes those keys from the view and only then takes the lease again. So
+Redis never answers with less than the view has, through outages, partitions
+and restarts, and the backlog is bounded by the number of distinct keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+from prometheus_client import Gauge
 
 from latchkit import bus, envelope
 from latchkit.bus import PERMISSIONS_STREAM, BusSettings, Puller, connect, ensure_streams
 from services.access.adapters.redis_cache import RedisUnlockCache
+from services.access.adapters.sqlite_redis_backlog import SqliteRedisBacklog
 from services.access.ports import CredentialRow, PairRow, UnlockView, ViewBatch
 
 log = logging.getLogger("latchkey.access.projector")
 DURABLE_PREFIX = "access-projector-"
 IDLE_CONSUMER_SECONDS = 24 * 3600
 FETCH_WAIT_SECONDS = 0.02  # busy: bounds how long an event waits in a partial batch
+REPLAY_CHUNK = 500
+REDIS_BACKLOG = Gauge("latchkey_access_redis_backlog", "Keys the projector must still write to Redis")
+REDIS_TRUSTED = Gauge("latchkey_access_redis_trusted", "1 while this instance's projector holds its Redis lease")
 
 
 def advance(watermark: int, partial: dict[int, tuple[int, list[int]]], revision: int, index: int,
@@ -60,8 +70,8 @@ def to_rows(env) -> tuple[list[PairRow], list[CredentialRow]]:
 
 
 class Projector:
-    def __init__(self, view: UnlockView, cache: RedisUnlockCache, bus: BusSettings, *, batch: int = 256,
-                 instance: str = "local") -> None:
+    def __init__(self, view: UnlockView, cache: RedisUnlockCache, bus: BusSettings, backlog: SqliteRedisBacklog,
+                 *, batch: int = 256, instance: str = "local", lease_seconds: float = 1.0) -> None:
         # One durable consumer per instance: each instance applies the whole stream
         # to its view; a consumer idle for a day (a pod that is gone) is removed.
         self.durable = DURABLE_PREFIX + "".join(c if c.isalnum() or c in "-_" else "_" for c in instance)
@@ -71,7 +81,14 @@ class Projector:
         self.batch = batch
         self.watermark = 0
         self.changed = asyncio.Condition()
-        self._redis_missed: tuple[list[PairRow], list[CredentialRow]] = ([], [])
+        self.backlog = backlog
+        self.lease_seconds = lease_seconds
+        # Held from a round's Redis write to its view write, and while the lease loop writes
+        # the backlog and takes the lease: the two never interleave.
+        self._redis_lock = asyncio.Lock()
+        # True once the backlog is empty: Redis has every key the view has.
+        self._redis_complete = False
+        self._lease_until = 0.0  # monotonic; the lease has surely expired in Redis after this
 
     async def run(self) -> None:
         backoff = 0.1
@@ -128,25 +145,74 @@ class Projector:
             watermark = advance(watermark, partial, env.revision, env.revision_event_index,
                                 env.revision_event_count)
         batch.watermark = watermark
-        # Redis first, then the view (which records the watermark): an answer from
-        # Redis is then never older than the watermark a worker reads from the view.
-        await self._write_cache(batch.pairs, batch.credentials)
-        await self.view.apply(batch)
+        await self.store(batch)
         for msg in msgs:
             await msg.ack()
         if watermark != self.watermark:
             self.watermark = watermark
             await self._notify()
 
-    async def _write_cache(self, pairs: list[PairRow], creds: list[CredentialRow]) -> None:
-        missed_pairs, missed_creds = self._redis_missed
-        try:
-            # Earlier misses first, so nothing older lands after something newer.
-            await self.cache.write(missed_pairs + pairs, missed_creds + creds)
-            self._redis_missed = ([], [])
-        except Exception as exc:  # noqa: BLE001 - Redis is a cache; the view already has it
-            log.warning("redis write-through failed; will retry", extra={"error": repr(exc)})
-            self._redis_missed = (missed_pairs + pairs, missed_creds + creds)
+    async def store(self, batch: ViewBatch) -> None:
+        """Redis, then the view (which records the watermark): under the lease, an answer from
+        Redis is never older than the watermark a worker reads from the view."""
+        async with self._redis_lock:
+            if self._redis_complete:
+                try:
+                    await self.cache.write(batch.pairs, batch.credentials)
+                except Exception as exc:  # noqa: BLE001 - Redis is a cache: the view goes on
+                    log.warning("redis write-through failed; Redis is not trusted until it has caught up",
+                                extra={"error": repr(exc)})
+                    self._redis_complete = False
+                    REDIS_TRUSTED.set(0)
+                    # Workers may read Redis until the lease expires: the view must not
+                    # move past what Redis has before then.
+                    await asyncio.sleep(max(self._lease_until - time.monotonic(), 0))
+            if not self._redis_complete:
+                await self.backlog.add([(p.door_id, p.user_id) for p in batch.pairs],
+                                       [(c.kind, c.secret_hash) for c in batch.credentials])
+            await self.view.apply(batch)
+
+    async def run_redis_lease(self) -> None:
+        """Keep the lease while Redis has everything; after an outage, write the backlog first."""
+        failing = False
+        while True:
+            bus.raise_if_cancelled()
+            try:
+                await self.keep_redis_current()
+                if failing:
+                    log.info("redis is current again; workers trust it")
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - Redis away: workers read the view meanwhile
+                if not failing:
+                    log.warning("cannot renew the redis lease; workers read the view", extra={"error": repr(exc)})
+                failing = True
+            await asyncio.sleep(self.lease_seconds / 4)  # the renewal period, not a synchronisation
+
+    async def keep_redis_current(self) -> None:
+        async with self._redis_lock:
+            if not self._redis_complete:
+                await self._write_backlog()
+                self._redis_complete = True
+            await self.cache.hold_lease(self.lease_seconds)
+            # Redis counts the lease from when it ran the SET, before this moment.
+            self._lease_until = time.monotonic() + self.lease_seconds * 1.05 + 0.01
+            REDIS_TRUSTED.set(1)
+
+    async def _write_backlog(self) -> None:
+        """The view's current rows for every key Redis missed, in chunks, then the keys leave the backlog."""
+        while True:
+            REDIS_BACKLOG.set(await self.backlog.count())
+            pairs, creds = await self.backlog.take(REPLAY_CHUNK)
+            if not pairs and not creds:
+                return
+            pair_rows = await asyncio.gather(*(self.view.get_pair(d, u) for d, u in pairs))
+            cred_rows = await asyncio.gather(*(self.view.get_credential(k, h) for k, h in creds))
+            # A key the view has no row for (e.g. a view rebuilt since) is removed from Redis.
+            await self.cache.forget([key for key, row in zip(pairs, pair_rows, strict=True) if row is None],
+                                    [key for key, row in zip(creds, cred_rows, strict=True) if row is None])
+            await self.cache.write([row for row in pair_rows if row is not None],
+                                   [row for row in cred_rows if row is not None])
+            await self.backlog.remove(pairs, creds)
 
     async def _notify(self) -> None:
         async with self.changed:

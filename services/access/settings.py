@@ -33,6 +33,9 @@ class AccessSettings:
     """Embedded view and decision spools: $LATCHKEY_STATE_DIR/access."""
     cache_ttl_seconds: int
     """LATCHKEY_ACCESS_CACHE_TTL_SECONDS: last bound on a Redis entry's staleness."""
+    redis_lease_seconds: float
+    """LATCHKEY_ACCESS_REDIS_LEASE_SECONDS: workers trust Redis while the projector renews this lease; a
+    Redis write that fails holds the view back until it has lapsed (at most this long, once per outage)."""
     negative_ttl_seconds: int
     """LATCHKEY_ACCESS_NEGATIVE_TTL_SECONDS: how long "no such grant/credential" is cached."""
     local_cache_entries: int
@@ -57,6 +60,9 @@ class AccessSettings:
             raise SettingsError(f"LATCHKEY_VIEW_BACKEND={backend!r}: use embedded or scylla")
         if backend == "scylla" and not scylla.hosts:
             raise SettingsError("LATCHKEY_VIEW_BACKEND=scylla needs LATCHKEY_SCYLLA_HOSTS")
+        redis_lease = env_float("LATCHKEY_ACCESS_REDIS_LEASE_SECONDS", 1.0)
+        if not 0.05 <= redis_lease <= 60:
+            raise SettingsError(f"LATCHKEY_ACCESS_REDIS_LEASE_SECONDS={redis_lease:g}: use 0.05..60")
         return cls(
             server=ServerSettings.from_env(e.env_prefix, default_port=e.default_port,
                                            default_metrics_port=e.default_metrics_port, identity="access"),
@@ -69,6 +75,7 @@ class AccessSettings:
             view_backend=backend,
             data_dir=state_dir() / "access",
             cache_ttl_seconds=env_int("LATCHKEY_ACCESS_CACHE_TTL_SECONDS", 300, minimum=1),
+            redis_lease_seconds=redis_lease,
             negative_ttl_seconds=env_int("LATCHKEY_ACCESS_NEGATIVE_TTL_SECONDS", 30, minimum=1),
             local_cache_entries=env_int("LATCHKEY_ACCESS_LOCAL_CACHE_ENTRIES", 200_000, minimum=0),
             min_revision_wait_seconds=env_float("LATCHKEY_ACCESS_MIN_REVISION_WAIT_SECONDS", 2.0),

@@ -8,11 +8,13 @@ import pytest
 
 from services.access.adapters.redis_cache import RedisUnlockCache, cred_key
 from services.access.ports import CredentialRow, PairRow
+from tests.waiting import until
 
 
 @pytest.fixture
 async def cache(urls):
-    c = RedisUnlockCache(urls.redis_url, ttl=60, negative_ttl=5)
+    c = RedisUnlockCache(urls.redis_url, ttl=60, negative_ttl=5, instance=str(uuid.uuid4()))
+    await c.hold_lease(60)  # as the projector does while Redis has everything
     yield c
     await c.close()
 
@@ -61,3 +63,22 @@ async def test_first_answer_for_a_request_id_wins(cache):
     await cache.remember_answer(door, "r1", b"second")
     earlier, _, _ = await cache.lookup(door, user_id="u", request_id="r1")
     assert earlier == b"first"
+
+
+async def test_without_the_projectors_lease_entries_are_a_miss_but_answers_still_replay(cache):
+    door, user = ids()
+    await cache.write([PairRow(door, user, 4, b"rules")], [])
+    await cache.remember_answer(door, "r1", b"first")
+    await cache.drop_lease()
+    assert await cache.lookup(door, user) == (None, None, None)
+    assert (await cache.lookup(door, user, request_id="r1"))[0] == b"first"
+    await cache.hold_lease(0.2)
+    _, _, pair = await cache.lookup(door, user)
+    assert pair[1] == b"rules"
+    # The lease is a TTL: unrenewed, it lapses by itself.
+    await until(lambda: _lapsed(cache), "the lease to lapse", limit_s=5)
+    assert await cache.lookup(door, user) == (None, None, None)
+
+
+async def _lapsed(cache) -> bool:
+    return not await cache.client.exists(cache.lease_key)

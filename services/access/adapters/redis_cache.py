@@ -9,6 +9,13 @@ doubles). "Nothing there" is cached too, as version 0, for a shorter TTL.
 
 Unlock by credential needs the credential then the pair: `LOOKUP` does both
 inside Redis, so a cache hit is one round trip.
+
+Workers trust the entries only while the instance's projector holds its
+lease key (`lk:live:<instance>`, a short TTL it keeps renewing). The
+projector lets the lease lapse before its view moves past anything Redis
+missed (an outage, a partition) and takes it again only once those keys are
+written, so a grant revoked while Redis was unreachable is never read back
+from it: without the lease, `LOOKUP` reports a miss and the view answers.
 """
 
 from __future__ import annotations
@@ -27,13 +34,15 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# ARGV: door_id, user_id or '', credential key or '', request_id or ''.
-# Returns {earlier answer or false, cred fields or false, pair fields or false}.
+# ARGV: door_id, user_id or '', credential key or '', request_id or '', lease key.
+# Returns {earlier answer or false, cred fields or false, pair fields or false};
+# without the lease the entries are not trusted: a miss.
 LOOKUP = """
 if ARGV[4] ~= '' then
   local earlier = redis.call('GET', 'lk:r:' .. ARGV[1] .. ':' .. ARGV[4])
   if earlier then return {earlier, false, false} end
 end
+if redis.call('EXISTS', ARGV[5]) == 0 then return {false, false, false} end
 local user = ARGV[2]
 local cred = false
 if ARGV[3] ~= '' then
@@ -54,11 +63,12 @@ def cred_key(kind: int, secret_hash: bytes) -> str:
 
 
 class RedisUnlockCache:
-    def __init__(self, url: str, ttl: int, negative_ttl: int) -> None:
+    def __init__(self, url: str, ttl: int, negative_ttl: int, *, instance: str = "local") -> None:
         self.client = aioredis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25,
                                               max_connections=256)
         self.ttl = ttl
         self.negative_ttl = negative_ttl
+        self.lease_key = f"lk:live:{instance}"
         self._set = self.client.register_script(SET_IF_NEWER)
         self._lookup = self.client.register_script(LOOKUP)
 
@@ -67,8 +77,15 @@ class RedisUnlockCache:
 
     async def lookup(self, door_id: str, user_id: str = "", credential: str = "", request_id: str = ""):
         """(earlier answer | None, credential fields | None, pair fields | None); raises on Redis errors."""
-        earlier, cred, pair = await self._lookup(args=[door_id, user_id, credential, request_id])
+        earlier, cred, pair = await self._lookup(args=[door_id, user_id, credential, request_id, self.lease_key])
         return earlier or None, cred or None, pair or None
+
+    async def hold_lease(self, seconds: float) -> None:
+        """The projector vouches that Redis holds everything its view has, for `seconds`."""
+        await self.client.set(self.lease_key, b"1", px=max(int(seconds * 1000), 1))
+
+    async def drop_lease(self) -> None:
+        await self.client.delete(self.lease_key)
 
     async def remember_answer(self, door_id: str, request_id: str, answer: bytes) -> None:
         """First answer wins: a retry racing the original cannot replace it."""
@@ -107,3 +124,10 @@ class RedisUnlockCache:
                 keys, args = self._cred_args(cred, "")
                 await self._set(keys=keys, args=args, client=pipe)
             await pipe.execute()
+
+    async def forget(self, pairs: list[tuple[str, str]], credentials: list[tuple[int, bytes]]) -> None:
+        """Remove entries outright (keys the view has no row for; only the projector, under its lease rules)."""
+        keys = [f"lk:p:{door_id}:{user_id}" for door_id, user_id in pairs]
+        keys += [f"lk:c:{cred_key(kind, secret_hash)}" for kind, secret_hash in credentials]
+        if keys:
+            await self.client.delete(*keys)

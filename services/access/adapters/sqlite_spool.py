@@ -11,6 +11,8 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+from services.access.adapters.sqlite_files import open_durable, write_all
+
 
 class SqliteDecisionSpool:
     def __init__(self, path: Path) -> None:
@@ -19,27 +21,16 @@ class SqliteDecisionSpool:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                         "event_id TEXT NOT NULL, subject TEXT NOT NULL, payload BLOB NOT NULL)")
-            self._conn = conn
+            self._conn = open_durable(self.path, "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY "
+                                                 "AUTOINCREMENT, event_id TEXT NOT NULL, subject TEXT NOT NULL, "
+                                                 "payload BLOB NOT NULL)")
         return self._conn
 
     async def append(self, rows: list[tuple[str, str, bytes]]) -> None:
         await asyncio.to_thread(self._append, rows)
 
     def _append(self, rows: list[tuple[str, str, bytes]]) -> None:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany("INSERT INTO spool (event_id, subject, payload) VALUES (?, ?, ?)", rows)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")  # all or nothing; the connection stays usable for the retry
-            raise
+        write_all(self._db(), ("INSERT INTO spool (event_id, subject, payload) VALUES (?, ?, ?)", rows))
 
     async def oldest(self, limit: int) -> list[tuple[int, str, str, bytes]]:
         return await asyncio.to_thread(
