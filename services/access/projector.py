@@ -189,30 +189,41 @@ class Projector:
             await asyncio.sleep(self.lease_seconds / 4)  # the renewal period, not a synchronisation
 
     async def keep_redis_current(self) -> None:
-        async with self._redis_lock:
-            if not self._redis_complete:
-                await self._write_backlog()
-                self._redis_complete = True
-            await self.cache.hold_lease(self.lease_seconds)
-            # Redis counts the lease from when it ran the SET, before this moment.
-            self._lease_until = time.monotonic() + self.lease_seconds * 1.05 + 0.01
-            REDIS_TRUSTED.set(1)
-
-    async def _write_backlog(self) -> None:
-        """The view's current rows for every key Redis missed, in chunks, then the keys leave the backlog."""
+        """One renewal. After an outage, first the backlog, a chunk per turn of the lock so that
+        the projector is not held up by a long one, then the lease."""
         while True:
-            REDIS_BACKLOG.set(await self.backlog.count())
-            pairs, creds = await self.backlog.take(REPLAY_CHUNK)
-            if not pairs and not creds:
+            async with self._redis_lock:
+                if not self._redis_complete:
+                    # Under the lock a chunk is read from the view, written and removed with no
+                    # round in between, so a key changed again is either in the view read or
+                    # added to the backlog after the removal.
+                    self._redis_complete = await self._write_backlog_chunk()
+                    if not self._redis_complete:
+                        continue
+                try:
+                    await self.cache.hold_lease(self.lease_seconds)
+                finally:
+                    # Redis counts the lease from when it ran the SET (even one that timed out
+                    # here), which is before this moment; 5% for the two clocks' rates.
+                    self._lease_until = time.monotonic() + self.lease_seconds * 1.05 + 0.01
+                REDIS_TRUSTED.set(1)
                 return
-            pair_rows = await asyncio.gather(*(self.view.get_pair(d, u) for d, u in pairs))
-            cred_rows = await asyncio.gather(*(self.view.get_credential(k, h) for k, h in creds))
-            # A key the view has no row for (e.g. a view rebuilt since) is removed from Redis.
-            await self.cache.forget([key for key, row in zip(pairs, pair_rows, strict=True) if row is None],
-                                    [key for key, row in zip(creds, cred_rows, strict=True) if row is None])
-            await self.cache.write([row for row in pair_rows if row is not None],
-                                   [row for row in cred_rows if row is not None])
-            await self.backlog.remove(pairs, creds)
+
+    async def _write_backlog_chunk(self) -> bool:
+        """The view's current rows for a chunk of the keys Redis missed; True once none are left."""
+        REDIS_BACKLOG.set(await self.backlog.count())
+        pairs, creds = await self.backlog.take(REPLAY_CHUNK)
+        if not pairs and not creds:
+            return True
+        pair_rows = await asyncio.gather(*(self.view.get_pair(d, u) for d, u in pairs))
+        cred_rows = await asyncio.gather(*(self.view.get_credential(k, h) for k, h in creds))
+        # A key the view has no row for (e.g. a view rebuilt since) is removed from Redis.
+        await self.cache.forget([key for key, row in zip(pairs, pair_rows, strict=True) if row is None],
+                                [key for key, row in zip(creds, cred_rows, strict=True) if row is None])
+        await self.cache.write([row for row in pair_rows if row is not None],
+                               [row for row in cred_rows if row is not None])
+        await self.backlog.remove(pairs, creds)
+        return False
 
     async def _notify(self) -> None:
         async with self.changed:

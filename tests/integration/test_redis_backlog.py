@@ -106,3 +106,18 @@ async def test_the_backlog_keeps_a_key_once_however_often_it_changed(tmp_path):
     await backlog.remove(pairs[:1], creds)
     assert await backlog.count() == 1
     await backlog.close()
+
+
+async def test_a_long_backlog_is_written_a_chunk_at_a_time_then_the_lease_is_taken(world, monkeypatch):
+    _, workers_redis, cut_off, view, backlog_path, door, _, _ = world
+    monkeypatch.setattr("services.access.projector.REPLAY_CHUNK", 2)
+    users = [str(uuid.uuid4()) for _ in range(5)]
+    first = projector(view, cut_off, backlog_path)  # Redis unreachable from the start
+    await first.store(ViewBatch(pairs=[PairRow(door, u, 3, b"") for u in users], watermark=3))
+    assert await first.backlog.count() == 5
+    first.cache = workers_redis
+    await first.keep_redis_current()
+    assert await first.backlog.count() == 0
+    assert [await workers_redis.client.hget(f"lk:p:{door}:{u}", "v") for u in users] == [b"3"] * 5
+    assert await workers_redis.client.exists(workers_redis.lease_key)
+    await first.backlog.close()
