@@ -37,9 +37,11 @@ def _table(area: str, rows: dict) -> Table:
         for key in values if isinstance(values, dict) else ():
             if key not in metrics:
                 metrics.append(key)
-    table.add_column("case")
+    # Never wrap or cut a cell: a narrow terminal gets a wide table, which stays readable
+    # (cut, "unl…" and "0.8…" told nothing); the JSON has every figure too.
+    table.add_column("case", no_wrap=True, min_width=max(len(name) for name in rows))
     for metric in metrics:
-        table.add_column(metric, justify="right")
+        table.add_column(metric, justify="right", no_wrap=True, min_width=len(metric))
     for name, values in rows.items():
         if not isinstance(values, dict):
             table.add_row(name, str(values))
@@ -67,7 +69,8 @@ async def _run_area(area: str, stack: Stack, pki_dir: Path, state_dir: Path) -> 
 
 
 async def main(selected: list[str]) -> int:
-    console = Console()
+    # Output that is not a terminal (CI logs, a file) has no width to fit: print the table whole.
+    console = Console() if sys.stdout.isatty() else Console(width=240)
     state = REPO_ROOT / ".state" / f"bench-{uuid.uuid4().hex[:8]}"
     stack = Stack(state, StackPorts.free())
     pki_dir = Path(tempfile.mkdtemp(prefix="lk-bench-pki-"))
