@@ -35,6 +35,9 @@ ANSWERED_FROM = Counter("latchkey_access_unlock_answered_from_total",
                         "Where Unlock found the rules it decided on", ["source"])
 FROM_MEMORY, FROM_REDIS, FROM_VIEW = (ANSWERED_FROM.labels(s) for s in ("memory", "redis", "view"))
 UNLOCK_DECIDED = envelope.PAYLOAD_TYPES["unlock_decided"]
+REDIS_PAUSE_SECONDS = 1.0
+"""After a failed Redis call, Unlock leaves Redis alone this long: a hung Redis costs one
+call its socket timeout (0.25 s), not every call."""
 
 
 def _check_id(value: str, field: str) -> None:
@@ -62,6 +65,7 @@ class UnlockService:
         self._decoded: dict[tuple[str, str, int], object] = {}
         self._ids = ids.Sequence()
         self._background: set[asyncio.Task] = set()
+        self._redis_paused_until = 0.0
 
     # ---- revisions ----------------------------------------------------------------
     async def applied_revision(self) -> int:
@@ -181,10 +185,28 @@ class UnlockService:
         return response
 
     async def _remember(self, door_id: str, request_id: str, answer: bytes) -> None:
+        if not self._redis_usable():
+            return
         try:
             await self.cache.remember_answer(door_id, request_id, answer)
         except Exception as exc:  # noqa: BLE001 - the in-process memory still has it
-            log.warning("could not store the answer for replay in redis", extra={"error": repr(exc)})
+            self._redis_failed(exc)
+
+    async def _to_redis(self, write) -> None:
+        """A background write to Redis (a fill): a failure pauses Redis use, it is not lost in a task."""
+        try:
+            await write
+        except Exception as exc:  # noqa: BLE001 - a cache fill is best effort
+            self._redis_failed(exc)
+
+    def _redis_usable(self) -> bool:
+        return time.monotonic() >= self._redis_paused_until
+
+    def _redis_failed(self, exc: Exception) -> None:
+        if self._redis_usable():
+            log.warning("redis call failed; unlock answers without it for a while",
+                        extra={"error": repr(exc), "seconds": REDIS_PAUSE_SECONDS})
+        self._redis_paused_until = time.monotonic() + REDIS_PAUSE_SECONDS
 
     def _decide_in_memory(self, local: LocalCache, request, cred_k: str):
         """(decision, reason, credential, user_id) from the per-process cache, or None on a miss."""
@@ -211,11 +233,12 @@ class UnlockService:
         door_id = request.door_id
         if local is not None:
             if hit is not None:
-                if request.request_id:
+                if request.request_id and self._redis_usable():
                     # Another process may have answered this request_id: its answer stands.
                     try:
                         earlier = await self.cache.earlier_answer(door_id, request.request_id)
-                    except Exception:  # noqa: BLE001 - best effort, as on the Redis path
+                    except Exception as exc:  # noqa: BLE001 - best effort, as on the Redis path
+                        self._redis_failed(exc)
                         earlier = None
                     if earlier is not None:
                         return earlier, None, None, None, ""
@@ -226,14 +249,16 @@ class UnlockService:
         credential: CredentialRow | None = None
         pair: PairRow | None = None
         user_id = request.user_id
-        try:
-            earlier, c, p = await self.cache.lookup(door_id, request.user_id, cred_k, request.request_id)
-            if earlier is not None:
-                return earlier, None, None, None, ""
-            redis_ok = True
-        except Exception:  # noqa: BLE001 - Redis down or flushed: the view answers
-            c = p = None
-            redis_ok = False
+        c = p = None
+        redis_ok = False
+        if self._redis_usable():
+            try:
+                earlier, c, p = await self.cache.lookup(door_id, request.user_id, cred_k, request.request_id)
+                if earlier is not None:
+                    return earlier, None, None, None, ""
+                redis_ok = True
+            except Exception as exc:  # noqa: BLE001 - Redis down or hung: the view answers
+                self._redis_failed(exc)
         source = FROM_REDIS
         # In the cache's mode (`local`), what it does hold is newer than or as new as Redis
         # and the view, and the answer claims its revision: it overrides them.
@@ -249,7 +274,7 @@ class UnlockService:
                     source = FROM_VIEW
                     credential = await self.view.get_credential(request.credential.kind, secret_hash)
                     if redis_ok:
-                        self._fire(self.cache.fill_credential(cred_k, credential))
+                        self._fire(self._to_redis(self.cache.fill_credential(cred_k, credential)))
                 if self.local is not None and known is MISS:
                     self.local.fill_credential(ticket, cred_k, credential)
                 if credential is None:
@@ -268,7 +293,7 @@ class UnlockService:
                 source = FROM_VIEW
                 pair = await self.view.get_pair(door_id, user_id)
                 if redis_ok:
-                    self._fire(self.cache.fill_pair(door_id, user_id, pair))
+                    self._fire(self._to_redis(self.cache.fill_pair(door_id, user_id, pair)))
             if self.local is not None and known is MISS:
                 self.local.fill_pair(ticket, door_id, user_id, pair)
             source.inc()
