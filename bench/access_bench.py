@@ -173,10 +173,16 @@ async def measure_redis_and_view(target, pki_dir, stack_urls, hot_door, hot_card
         async def call_hit(i):
             await stub.Unlock(hit, timeout=5)
 
+        r = aioredis.Redis.from_url(stack_urls.redis_url)
+        # Workers trust Redis only under their projector's lease: without it this row would
+        # measure the view, not Redis.
+        deadline = time.monotonic() + 10
+        while not await r.exists("lk:live:redis-only"):
+            assert time.monotonic() < deadline, "the redis-only access process never took its Redis lease"
+            await asyncio.sleep(0.05)
         for n in IN_FLIGHT:
             rows[f"unlock_redis_hit@{n}"] = await closed_loop(call_hit, n, SECONDS)
         # View hits: each card once, right after Redis lost everything.
-        r = aioredis.Redis.from_url(stack_urls.redis_url)
         for n in IN_FLIGHT:
             await r.flushall()
             latencies: list[float] = []
