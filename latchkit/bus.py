@@ -41,7 +41,7 @@ class BusSettings:
     @classmethod
     def from_env(cls) -> BusSettings:
         return cls(
-            url=env_str("LATCHKEY_NATS_URL", "nats://127.0.0.1:54222"),
+            url=env_str("LATCHKEY_NATS_URL", "nats://127.0.0.1:24222"),
             duplicate_window_s=env_float("LATCHKEY_NATS_DUPLICATE_WINDOW_SECONDS", 600.0),
             replicas=int(env_float("LATCHKEY_NATS_REPLICAS", 1)),
         )

@@ -22,7 +22,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-DEFAULT_PORTS = {"postgres": 55432, "redis": 56379, "nats": 54222, "nats_monitor": 58222}
+# Below the kernel's ephemeral range (32768-60999 on Linux): a recent outgoing connection that
+# happened to get one of these as its local port (common after a test run) would otherwise keep
+# it in TIME_WAIT for a minute and fail `make run` with "Address already in use".
+DEFAULT_PORTS = {"postgres": 25432, "redis": 26379, "nats": 24222, "nats_monitor": 28222}
 
 
 class StackError(RuntimeError):

@@ -68,7 +68,7 @@ class AccessSettings:
                                            default_metrics_port=e.default_metrics_port, identity="access"),
             bus=BusSettings.from_env(),
             scylla=scylla,
-            redis_url=env_str("LATCHKEY_REDIS_URL", "redis://127.0.0.1:56379/0"),
+            redis_url=env_str("LATCHKEY_REDIS_URL", "redis://127.0.0.1:26379/0"),
             workers=env_int("LATCHKEY_ACCESS_WORKERS", os.cpu_count() or 1, minimum=1),
             worker_index=env_int("LATCHKEY_ACCESS_WORKER_INDEX", 0, minimum=0),
             instance=env_str("LATCHKEY_ACCESS_INSTANCE", socket.gethostname()),

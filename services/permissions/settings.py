@@ -8,7 +8,7 @@ from latchkit import endpoints
 from latchkit.bus import BusSettings
 from latchkit.settings import ServerSettings, env_float, env_int, env_str
 
-DEFAULT_DSN = "postgresql://latchkey@127.0.0.1:55432/latchkey"
+DEFAULT_DSN = "postgresql://latchkey@127.0.0.1:25432/latchkey"
 
 
 @dataclass(frozen=True)
