@@ -39,3 +39,10 @@ def test_decision_ids_are_distinct_uuids_across_sequences():
     for value in made[:3] + made[-3:]:
         parsed = uuid.UUID(value)
         assert str(parsed) == value and parsed.version == 8 and parsed.variant == uuid.RFC_4122
+
+
+def test_a_batch_carries_the_envelopes_byte_for_byte_in_order():
+    items = [encode_decision(f"d-{i}", "", "door", "", "", "", 1, 1, i, 10, 0, 0, None) for i in range(300)]
+    packed = envelope.pack(items)
+    assert envelope.unpack(envelope.BATCH_SUBJECT, packed) == items
+    assert envelope.unpack(envelope.decision_subject("door"), items[0]) == [items[0]]
