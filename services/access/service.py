@@ -345,18 +345,24 @@ def encode_decision(decision_id: str, actor: str, door_id: str, user_id: str, cr
     """The serialized Envelope of one UnlockDecided (built in place: no nested copies)."""
     env = ev.Envelope(event_id=decision_id, type=UNLOCK_DECIDED, actor=actor, revision=revision,
                       revision_event_count=1, aggregate_key="door/" + door_id)
-    env.occurred_at.seconds, env.occurred_at.nanos = server_seconds, server_nanos
+    # Each read of a message field builds a wrapper object: one read per field here.
+    t = env.occurred_at
+    t.seconds, t.nanos = server_seconds, server_nanos
     decided = env.unlock_decided
     decided.decision_id = decision_id
     decided.door_id = door_id
     decided.user_id = user_id
     decided.credential_id = credential_id
-    decided.request_id = request_id
+    if request_id:  # "" is the default: setting it changes nothing
+        decided.request_id = request_id
     decided.decision = decision
     decided.reason = reason
     decided.view_revision = revision
-    decided.server_time.seconds, decided.server_time.nanos = server_seconds, server_nanos
-    decided.decision_latency.seconds, decided.decision_latency.nanos = divmod(latency_ns, 1_000_000_000)
+    t = decided.server_time
+    t.seconds, t.nanos = server_seconds, server_nanos
+    t = decided.decision_latency
+    t.seconds, t.nanos = divmod(latency_ns, 1_000_000_000)
     if controller is not None:
-        decided.controller_time.seconds, decided.controller_time.nanos = controller
+        t = decided.controller_time
+        t.seconds, t.nanos = controller
     return env.SerializeToString()
