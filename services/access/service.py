@@ -109,17 +109,19 @@ class UnlockService:
         subject = request.WhichOneof("subject")
         if subject is None:
             raise InvalidArgument("user_id", "a user_id or a credential is required")
-        secret_hash = b""
+        secret_hash, kind = b"", 0
         if subject == "user_id":
             _check_id(request.user_id, "user_id")
         else:
             cred = request.credential
-            if cred.kind not in SECRET_LIMITS:
+            kind, secret = cred.kind, cred.secret
+            limits = SECRET_LIMITS.get(kind)
+            if limits is None:
                 raise InvalidArgument("credential.kind", "must be CARD, PIN or MOBILE")
-            low, high = SECRET_LIMITS[cred.kind]
-            if not low <= len(cred.secret) <= high:
+            low, high = limits
+            if not low <= len(secret) <= high:
                 raise InvalidArgument("credential.secret", f"must be {low}..{high} characters for this kind")
-            secret_hash = self.hasher.hash(cred.kind, cred.secret)
+            secret_hash = self.hasher.hash(kind, secret)
         if not may_unlock(principal, door_id):
             self._alarm(principal, "WRONG_DOOR_IDENTITY", door_id,
                         f"{principal.uri if principal else 'unknown'} asked to open door {door_id}")
@@ -146,7 +148,7 @@ class UnlockService:
                                   f"{min_revision}; retry shortly")
 
         # The two throttles are separate maps: a door id and a credential key never meet.
-        cred_k = cred_key(request.credential.kind, secret_hash) if secret_hash else ""
+        cred_k = cred_key(kind, secret_hash) if secret_hash else ""
         earlier = None
         if self.door_throttle.throttled(door_id) or (cred_k and self.credential_throttle.throttled(cred_k)):
             credential, user_id = None, request.user_id
@@ -180,8 +182,8 @@ class UnlockService:
             if cred_k and self.credential_throttle.deny(cred_k):
                 self._alarm(principal, "CREDENTIAL_DENIALS_THROTTLED", door_id,
                             "repeated denials of one credential", credential.credential_id if credential else "")
-        self._record(principal, request, decision_id, user_id, credential, decision, reason, revision, seconds,
-                     nanos, time.perf_counter_ns() - started)
+        self._record(principal, request, door_id, request_id, decision_id, user_id, credential, decision, reason,
+                     revision, seconds, nanos, time.perf_counter_ns() - started)
         return response
 
     async def _remember(self, door_id: str, request_id: str, answer: bytes) -> None:
@@ -320,17 +322,18 @@ class UnlockService:
         return access
 
     # ---- events ------------------------------------------------------------------------
-    def _record(self, principal, request, decision_id: str, user_id: str, credential, decision: int, reason: int,
-                revision: int, seconds: int, nanos: int, latency_ns: int) -> None:
+    def _record(self, principal, request, door_id: str, request_id: str, decision_id: str, user_id: str, credential,
+                decision: int, reason: int, revision: int, seconds: int, nanos: int, latency_ns: int) -> None:
         # One decision, one event: the decision id is also the event id. Only the values are
-        # taken here (the ones Unlock holds, not read back from the response); the publisher
-        # encodes the envelope later, with others, off the response path.
-        door_id = request.door_id
-        controller = (request.controller_time.seconds, request.controller_time.nanos) \
-            if request.HasField("controller_time") else None
+        # taken here (the ones Unlock holds, not read back from the request or the response);
+        # the publisher encodes the envelope later, with others, off the response path.
+        controller = None
+        if request.HasField("controller_time"):
+            t = request.controller_time
+            controller = (t.seconds, t.nanos)
         self.decisions.record_deferred(decision_id, envelope.decision_subject(door_id), encode_decision, (
             decision_id, principal.uri if principal else "", door_id, user_id,
-            credential.credential_id if credential is not None else "", request.request_id, int(decision),
+            credential.credential_id if credential is not None else "", request_id, int(decision),
             int(reason), revision, seconds, nanos, latency_ns, controller))
 
     def _alarm(self, principal, kind: str, door_id: str, detail: str, credential_id: str = "") -> None:
