@@ -14,7 +14,9 @@ import time
 
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
-from prometheus_client import Counter
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from latchkit import access_codec, envelope, ids, secrets
 from latchkit.access_rules import Reason, decide
@@ -31,9 +33,36 @@ from services.access.projector import Projector
 log = logging.getLogger("latchkey.access.unlock")
 GRANTED, DENIED = ev.DECISION_GRANTED, ev.DECISION_DENIED
 SECRET_LIMITS = {1: (4, 64), 2: (4, 12), 3: (16, 256)}
-ANSWERED_FROM = Counter("latchkey_access_unlock_answered_from_total",
-                        "Where Unlock found the rules it decided on", ["source"])
-FROM_MEMORY, FROM_REDIS, FROM_VIEW = (ANSWERED_FROM.labels(s) for s in ("memory", "redis", "view"))
+
+
+class _Tally:
+    """A counter Unlock bumps with one attribute add (a prometheus Counter takes a lock: 0.4 us).
+    Only the event loop's thread bumps it; the metrics thread only reads it."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def inc(self) -> None:
+        self.count += 1
+
+
+class _AnsweredFrom(Collector):
+    def __init__(self) -> None:
+        self.sources = {"memory": _Tally(), "redis": _Tally(), "view": _Tally()}
+
+    def collect(self):
+        family = CounterMetricFamily("latchkey_access_unlock_answered_from",
+                                     "Where Unlock found the rules it decided on", labels=["source"])
+        for source, tally in self.sources.items():
+            family.add_metric([source], tally.count)
+        yield family
+
+
+ANSWERED_FROM = _AnsweredFrom()
+REGISTRY.register(ANSWERED_FROM)
+FROM_MEMORY, FROM_REDIS, FROM_VIEW = ANSWERED_FROM.sources.values()
 UNLOCK_DECIDED = envelope.PAYLOAD_TYPES["unlock_decided"]
 REDIS_PAUSE_SECONDS = 1.0
 """After a failed Redis call, Unlock leaves Redis alone this long: a hung Redis costs one
