@@ -8,7 +8,6 @@ secret itself.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import secrets as _secrets
 from pathlib import Path
@@ -41,17 +40,21 @@ def load_hmac_key() -> bytes:
 
 
 def hash_secret(key: bytes, kind: int, secret: str | bytes) -> bytes:
-    """HMAC-SHA256 over the credential kind and secret: equal secrets of different kinds differ."""
-    data = secret.encode() if isinstance(secret, str) else secret
-    return hmac.digest(key, kind.to_bytes(2, "big") + data, "sha256")  # one-shot: the C fast path
+    """HMAC-SHA256 over the credential kind and secret: equal secrets of different kinds differ.
+
+    One implementation for both sides (permissions stores it, access looks it up): a hash that
+    differed between them would make every credential unknown.
+    """
+    return SecretHasher(key).hash(kind, secret)
 
 
 class SecretHasher:
-    """`hash_secret` with one key, about twice as fast: Unlock hashes every presented secret.
+    """The credential hash with one key, keyed once: Unlock hashes every presented secret.
 
     HMAC (RFC 2104) is sha256((key ^ opad) || sha256((key ^ ipad) || message)); the two
-    keyed sha256 states are computed once and copied per message, instead of keying
-    both again on every call. Same bytes as `hash_secret` (a test holds them equal).
+    keyed sha256 states are computed once and copied per message (0.8 us), instead of
+    keying both again on every call as `hmac.digest` does (1.9 us). A test holds the
+    bytes equal to the standard library's `hmac`.
     """
 
     __slots__ = ("_inner", "_outer")
