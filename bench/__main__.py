@@ -65,6 +65,8 @@ async def _run_area(area: str, stack: Stack, pki_dir: Path, state_dir: Path) -> 
     kwargs = {"stack_urls": stack.urls(), "pki_dir": pki_dir}
     if "state_dir" in params:
         kwargs["state_dir"] = state_dir / area
+    if "stack" in params:
+        kwargs["stack"] = stack
     return await module.run(**kwargs)
 
 

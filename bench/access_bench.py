@@ -41,7 +41,7 @@ from bench.harness import (
 from latchkit import certs, envelope
 from latchkit.bus import DECISIONS_STREAM
 from latchkit.settings import REPO_ROOT, TlsSettings
-from latchkit.stack import free_port
+from latchkit.stack import Stack, free_port
 
 IN_FLIGHT = (1, 8, 32)
 SECONDS = 3.0
@@ -66,7 +66,7 @@ async def seed(admin, door_name: str, users: int):
     return door, cards, revision
 
 
-async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
+async def run(stack_urls, pki_dir: Path, state_dir: Path, stack: Stack | None = None) -> dict:
     services = start_services(stack_urls, pki_dir, state_dir, names=("permissions", "access"), extra_env={
         "LATCHKEY_ACCESS_WORKERS": "1", "LATCHKEY_ACCESS_THROTTLE_CREDENTIAL_DENIALS": "1000000000",
         "LATCHKEY_ACCESS_THROTTLE_DOOR_DENIALS": "1000000000"})
@@ -83,8 +83,10 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
             servers = {"echo_floor": echo.pid, "unlock_memory_hit": services.procs["access"].pid,
                        "unlock_deny_unknown_credential": services.procs["access"].pid,
                        "pg_direct_in_handler": pg.pid}
+            # The broker stores every decision event: its CPU per call is part of what Unlock costs.
+            shared = {"nats": stack.pid("nats")} if stack is not None else {}
             rows.update(await measure(services.targets["access"], pki_dir, echo_port, pg_port, hot_door,
-                                      hot_cards[0], revision, servers))
+                                      hot_cards[0], revision, servers, shared))
             rows["server_decision_time_memory_hit"] = await decision_times(stack_urls.nats_url, hot_door.door_id)
             # The same service with its per-process cache off: what Redis and the view cost.
             redis_only, target = start_access(services.env, state_dir / "redis-only",
@@ -123,7 +125,7 @@ def start_access(env: dict, state: Path, extra: dict) -> tuple[subprocess.Popen,
     return proc, target
 
 
-async def measure(target, pki_dir, echo_port, pg_port, hot_door, hot_card, revision, servers) -> dict:
+async def measure(target, pki_dir, echo_port, pg_port, hot_door, hot_card, revision, servers, shared) -> dict:
     rows = {}
     hot_tls = door_tls(pki_dir, hot_door.door_id)
     unknown = access_pb2.PresentedCredential(kind=1, secret="not-a-known-card")
@@ -154,7 +156,8 @@ async def measure(target, pki_dir, echo_port, pg_port, hot_door, hot_card, revis
         for n in IN_FLIGHT:
             measured = await interleaved({"echo_floor": call_echo, "unlock_memory_hit": call_hit,
                                           "unlock_deny_unknown_credential": call_deny,
-                                          "pg_direct_in_handler": call_pg}, n, SECONDS, servers=servers)
+                                          "pg_direct_in_handler": call_pg}, n, SECONDS, servers=servers,
+                                         shared=shared)
             rows.update({f"{name}@{n}": row for name, row in measured.items()})
     return rows
 

@@ -36,7 +36,7 @@ async def closed_loop(call, in_flight: int, seconds: float, warmup: float = 0.5)
 
 
 async def interleaved(calls: dict, in_flight: int, seconds: float, rounds: int = 3, warmup: float = 0.3,
-                      servers: dict[str, int] | None = None) -> dict:
+                      servers: dict[str, int] | None = None, shared: dict[str, int] | None = None) -> dict:
     """Each of `calls` (name -> call) for `seconds` in all, in `rounds` turns taken in rotation.
 
     On this shared machine a slow spell of a few seconds falls on whichever case
@@ -45,25 +45,37 @@ async def interleaved(calls: dict, in_flight: int, seconds: float, rounds: int =
     (name -> pid of the server process that case calls), it also gives the
     server's CPU time per call (`server_cpu_us`, user + system, warm-up calls
     included): the server process is the bottleneck here, and its CPU per call
-    is steadier than wall-clock figures.
+    is steadier than wall-clock figures. Every case also gets the load generator's CPU
+    per call (`client_cpu_us`: this process, which runs only the load then) and, for each
+    of `shared` (name -> pid, e.g. the broker), that process's CPU per call
+    (`<name>_cpu_us`): the machine's cores are shared, so what a case costs the client
+    and the broker is CPU its server did not get.
     """
     pooled: dict[str, list[float]] = {name: [] for name in calls}
-    cpu = dict.fromkeys(calls, 0.0)
+    watched = {"client": None, **(shared or {})}
+    cpu = {name: dict.fromkeys(("server", *watched), 0.0) for name in calls}
     served = dict.fromkeys(calls, 0)
     for _ in range(rounds):
         for name, call in calls.items():
-            pid = (servers or {}).get(name)
-            before = process_cpu_seconds(pid) if pid else 0.0
+            pids = {"server": (servers or {}).get(name), **watched}
+            before = {who: _cpu_seconds(pid) for who, pid in pids.items() if who == "client" or pid}
             latencies, total = await _latencies(call, in_flight, seconds / rounds, warmup)
-            if pid:
-                cpu[name] += process_cpu_seconds(pid) - before
-                served[name] += total
+            for who, was in before.items():
+                cpu[name][who] += _cpu_seconds(pids[who]) - was
+            served[name] += total
             pooled[name] += latencies
     rows = {name: summary_ms(latencies, seconds) for name, latencies in pooled.items()}
     for name in calls:
         if served[name]:
-            rows[name]["server_cpu_us"] = cpu[name] / served[name] * 1e6
+            for who, seconds_used in cpu[name].items():
+                if who != "server" or (servers or {}).get(name):
+                    rows[name][f"{who}_cpu_us"] = seconds_used / served[name] * 1e6
     return rows
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """A process's CPU time so far; None: this process."""
+    return time.process_time() if pid is None else process_cpu_seconds(pid)
 
 
 def process_cpu_seconds(pid: int) -> float:

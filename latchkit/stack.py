@@ -173,13 +173,17 @@ class Stack:
     def start_component(self, name: str) -> None:
         {"redis": self._redis_up, "nats": self._nats_up}[name]()
 
+    def pid(self, name: str) -> int:
+        """The process id of redis or nats (a benchmark reads its CPU time)."""
+        return int(self._pidfile(name).read_text())
+
     def freeze_component(self, name: str) -> None:
         """Stop redis or nats from answering without closing a connection (a hung server);
         `thaw_component` lets it go on."""
-        os.kill(int(self._pidfile(name).read_text()), signal.SIGSTOP)
+        os.kill(self.pid(name), signal.SIGSTOP)
 
     def thaw_component(self, name: str) -> None:
-        os.kill(int(self._pidfile(name).read_text()), signal.SIGCONT)
+        os.kill(self.pid(name), signal.SIGCONT)
 
     def status(self) -> dict[str, dict]:
         p = self.ports
