@@ -67,6 +67,17 @@ UNLOCK_DECIDED = envelope.PAYLOAD_TYPES["unlock_decided"]
 REDIS_PAUSE_SECONDS = 1.0
 """After a failed Redis call, Unlock leaves Redis alone this long: a hung Redis costs one
 call its socket timeout (0.25 s), not every call."""
+ANSWER_MARGIN_SECONDS = 0.05
+"""What Unlock keeps of the caller's deadline to send its answer: lookups (Redis, the view)
+stop this long before it, and the answer is then a DENY with reason UNAVAILABLE, which
+reaches the door (and the audit log) instead of a DEADLINE_EXCEEDED nobody records."""
+
+
+def _lookups_deadline(time_remaining: float | None) -> float | None:
+    """When Unlock's lookups must end (event loop time) to answer within the caller's deadline."""
+    if time_remaining is None:
+        return None
+    return asyncio.get_running_loop().time() + max(time_remaining - ANSWER_MARGIN_SECONDS, 0.0)
 
 
 def _check_id(value: str, field: str) -> None:
@@ -163,15 +174,29 @@ class UnlockService:
 
         min_revision = request.min_revision
         local = self.local
+        deadline = view_down = None
         if local is not None and local.answers_at(min_revision):
             # The per-process cache has applied everything the view has (and min_revision).
             revision = local.watermark
         else:
             local = None
-            revision = await self.applied_revision()
+            deadline = _lookups_deadline(time_remaining)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    revision = await self.applied_revision()
+            except Exception as exc:  # noqa: BLE001 - the view is down (or too slow): deny, below
+                log.error("unlock view unavailable", extra={"error": repr(exc)})
+                view_down, revision = exc, 0
+                if min_revision:
+                    raise Unavailable("the view is unavailable; retry shortly") from exc
         if min_revision > revision:
-            wait = min(self.min_revision_wait, max((time_remaining or 0) - 0.05, 0))
-            revision = await self.wait_for_revision(min_revision, wait)
+            wait = min(self.min_revision_wait, max((time_remaining or 0) - ANSWER_MARGIN_SECONDS, 0))
+            try:
+                async with asyncio.timeout_at(deadline):
+                    revision = await self.wait_for_revision(min_revision, wait)
+            except Exception as exc:  # noqa: BLE001 - the view failed (or hung) while we waited
+                raise Unavailable(f"the view is unavailable; min_revision {min_revision} cannot be shown, "
+                                  "retry shortly") from exc
             if revision < min_revision:
                 raise Unavailable(f"the view is at revision {revision}, below min_revision "
                                   f"{min_revision}; retry shortly")
@@ -179,7 +204,10 @@ class UnlockService:
         # The two throttles are separate maps: a door id and a credential key never meet.
         cred_k = cred_key(kind, secret_hash) if secret_hash else ""
         earlier = None
-        if self.door_throttle.throttled(door_id) or (cred_k and self.credential_throttle.throttled(cred_k)):
+        if view_down is not None:
+            credential, user_id = None, request.user_id
+            decision, reason = DENIED, Reason.UNAVAILABLE
+        elif self.door_throttle.throttled(door_id) or (cred_k and self.credential_throttle.throttled(cred_k)):
             credential, user_id = None, request.user_id
             decision, reason = DENIED, Reason.RATE_LIMITED
         else:
@@ -189,8 +217,10 @@ class UnlockService:
                 FROM_MEMORY.inc()
                 decision, reason, credential, user_id = hit
             else:
+                if deadline is None:
+                    deadline = _lookups_deadline(time_remaining)
                 earlier, decision, reason, credential, user_id = await self._decide(request, cred_k, secret_hash,
-                                                                                     local, hit)
+                                                                                     local, hit, deadline)
         if earlier is not None:
             self.replays.put(door_id, request_id, earlier)
             return access_pb2.UnlockResponse.FromString(earlier)
@@ -259,15 +289,20 @@ class UnlockService:
         granted, reason = decide(self._decode(pair), dt.datetime.now(dt.UTC))
         return GRANTED if granted else DENIED, reason, credential, user_id
 
-    async def _decide(self, request, cred_k: str, secret_hash: bytes, local: LocalCache | None, hit):
-        """(earlier answer, decision, reason, credential, user_id); `hit`: the per-process cache's answer."""
+    async def _decide(self, request, cred_k: str, secret_hash: bytes, local: LocalCache | None, hit,
+                      deadline: float | None):
+        """(earlier answer, decision, reason, credential, user_id); `hit`: the per-process cache's answer.
+
+        Its lookups (Redis, the view) end at `deadline` (event loop time; None: no limit).
+        """
         door_id = request.door_id
         if local is not None:
             if hit is not None:
                 if request.request_id and self._redis_usable():
                     # Another process may have answered this request_id: its answer stands.
                     try:
-                        earlier = await self.cache.earlier_answer(door_id, request.request_id)
+                        async with asyncio.timeout_at(deadline):
+                            earlier = await self.cache.earlier_answer(door_id, request.request_id)
                     except Exception as exc:  # noqa: BLE001 - best effort, as on the Redis path
                         self._redis_failed(exc)
                         earlier = None
@@ -284,7 +319,8 @@ class UnlockService:
         redis_ok = False
         if self._redis_usable():
             try:
-                earlier, c, p = await self.cache.lookup(door_id, request.user_id, cred_k, request.request_id)
+                async with asyncio.timeout_at(deadline):
+                    earlier, c, p = await self.cache.lookup(door_id, request.user_id, cred_k, request.request_id)
                 if earlier is not None:
                     return earlier, None, None, None, ""
                 redis_ok = True
@@ -303,7 +339,8 @@ class UnlockService:
                                                 c[3] == b"1", int(c[0])) if c[1] else None)
                 else:
                     source = FROM_VIEW
-                    credential = await self.view.get_credential(request.credential.kind, secret_hash)
+                    async with asyncio.timeout_at(deadline):
+                        credential = await self.view.get_credential(request.credential.kind, secret_hash)
                     if redis_ok:
                         self._fire(self._to_redis(self.cache.fill_credential(cred_k, credential)))
                 if self.local is not None and known is MISS:
@@ -322,13 +359,14 @@ class UnlockService:
                 pair = PairRow(door_id, user_id, int(p[0]), p[1] or b"")
             else:
                 source = FROM_VIEW
-                pair = await self.view.get_pair(door_id, user_id)
+                async with asyncio.timeout_at(deadline):
+                    pair = await self.view.get_pair(door_id, user_id)
                 if redis_ok:
                     self._fire(self._to_redis(self.cache.fill_pair(door_id, user_id, pair)))
             if self.local is not None and known is MISS:
                 self.local.fill_pair(ticket, door_id, user_id, pair)
             source.inc()
-        except Exception as exc:  # noqa: BLE001 - neither Redis nor the view: deny
+        except Exception as exc:  # noqa: BLE001 - neither Redis nor the view (in time): deny
             log.error("unlock view unavailable", extra={"error": repr(exc)})
             return None, DENIED, Reason.UNAVAILABLE, credential, user_id
         if local is not None and local.epoch != epoch:
