@@ -325,6 +325,9 @@ class UnlockService:
                     return earlier, None, None, None, ""
                 redis_ok = True
             except Exception as exc:  # noqa: BLE001 - Redis down or hung: the view answers
+                # A caller's deadline running out here pauses Redis too: were it not, a hung
+                # Redis would take the whole budget of every call whose deadline is shorter
+                # than its socket timeout, and the view would never get to answer them.
                 self._redis_failed(exc)
         source = FROM_REDIS
         # In the cache's mode (`local`), what it does hold is newer than or as new as Redis
