@@ -79,7 +79,7 @@ def build(settings: AccessSettings | None = None) -> AccessApp:
     cache = RedisUnlockCache(settings.redis_url, settings.cache_ttl_seconds, settings.negative_ttl_seconds,
                              instance=settings.instance)
     spool = SqliteDecisionSpool(settings.data_dir / f"decisions-{settings.worker_index}.sqlite")
-    decisions = DecisionPublisher(spool, settings.bus)
+    decisions = DecisionPublisher(spool, settings.bus, linger=settings.decision_linger_seconds)
     # One logical projector: only worker 0 runs it.
     projector = (Projector(view, cache, settings.bus, SqliteRedisBacklog(settings.data_dir / "redis-backlog.sqlite"),
                            instance=settings.instance, lease_seconds=settings.redis_lease_seconds)

@@ -7,7 +7,7 @@ sends queued events to the DECISIONS stream in pipelined batches: what is
 waiting goes out together, up to `per_message` events in one JetStream
 message (an `EnvelopeBatch`; a lone event goes as a plain Envelope), so the
 broker stores and acknowledges one message for many decisions. A decision
-waits at most `linger` (20 ms) for company before it is sent: fewer, fuller
+waits at most `linger` (20 ms by default) for company before it is sent: fewer, fuller
 messages cost the access process and the broker less per decision. `Nats-Msg-Id`
 is the event id (a batch: its first event id and size), so an identical
 re-send is dropped by JetStream; a re-send cut differently is dropped by the
@@ -48,7 +48,7 @@ SPOOL_BACKLOG = Gauge("latchkey_access_decision_spool_backlog", "Decision events
 
 class DecisionPublisher:
     def __init__(self, spool: SqliteDecisionSpool, bus: BusSettings, *, spill_after: float = 0.1,
-                 batch: int = 512, per_message: int = 64, linger: float = 0.02) -> None:
+                 batch: int = 512, per_message: int = 256, linger: float = 0.02) -> None:
         self.spool = spool
         self.bus = bus
         self.spill_after = spill_after

@@ -69,6 +69,7 @@ DEFAULTED = {
     "LATCHKEY_ACCESS_THROTTLE_WINDOW_SECONDS": "default 60 s",
     "LATCHKEY_ACCESS_THROTTLE_CREDENTIAL_DENIALS": "default 10",
     "LATCHKEY_ACCESS_THROTTLE_DOOR_DENIALS": "default 100",
+    "LATCHKEY_ACCESS_DECISION_LINGER_SECONDS": "tuning; default 0.02 s (a crash loses at most this much)",
     "LATCHKEY_AUDIT_INGEST_BATCH": "tuning; default 512",
 }
 
