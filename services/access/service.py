@@ -67,6 +67,10 @@ UNLOCK_DECIDED = envelope.PAYLOAD_TYPES["unlock_decided"]
 REDIS_PAUSE_SECONDS = 1.0
 """After a failed Redis call, Unlock leaves Redis alone this long: a hung Redis costs one
 call its socket timeout (0.25 s), not every call."""
+REDIS_MIN_BUDGET_SECONDS = 0.01
+"""Unlock asks Redis only with at least this much of its lookup budget left: a healthy Redis
+answers in well under a millisecond, so running out of a larger budget means Redis is slow
+(and pauses it); a smaller one is the caller's short deadline, not Redis' fault."""
 ANSWER_MARGIN_SECONDS = 0.05
 """What Unlock keeps of the caller's deadline to send its answer: lookups (Redis, the view)
 stop this long before it, and the answer is then a DENY with reason UNAVAILABLE, which
@@ -263,6 +267,12 @@ class UnlockService:
     def _redis_usable(self) -> bool:
         return time.monotonic() >= self._redis_paused_until
 
+    def _redis_in_time(self, deadline: float | None) -> bool:
+        """Redis is not paused, and the lookups' budget leaves it time to answer."""
+        if deadline is not None and deadline - asyncio.get_running_loop().time() < REDIS_MIN_BUDGET_SECONDS:
+            return False
+        return self._redis_usable()
+
     def _redis_failed(self, exc: Exception) -> None:
         if self._redis_usable():
             log.warning("redis call failed; unlock answers without it for a while",
@@ -298,7 +308,7 @@ class UnlockService:
         door_id = request.door_id
         if local is not None:
             if hit is not None:
-                if request.request_id and self._redis_usable():
+                if request.request_id and self._redis_in_time(deadline):
                     # Another process may have answered this request_id: its answer stands.
                     try:
                         async with asyncio.timeout_at(deadline):
@@ -317,7 +327,7 @@ class UnlockService:
         user_id = request.user_id
         c = p = None
         redis_ok = False
-        if self._redis_usable():
+        if self._redis_in_time(deadline):
             try:
                 async with asyncio.timeout_at(deadline):
                     earlier, c, p = await self.cache.lookup(door_id, request.user_id, cred_k, request.request_id)

@@ -146,3 +146,12 @@ async def test_redis_hung_and_the_view_down_deny_unavailable(door, own_redis):
     # Asked for a revision, Unlock cannot say the view has it: a clear status, no answer.
     with pytest.raises(Unavailable):
         await door.unlock(1.0, min_revision=1)
+
+
+async def test_a_deadline_too_short_for_redis_skips_it_without_pausing_it(door):
+    # 30 ms leaves no lookup budget (50 ms are kept to answer): the embedded view answers alone.
+    assert await door.unlock(0.03) == (ev.DECISION_GRANTED, ev.DECISION_REASON_GRANTED)
+    assert door.cache.lookups == 0
+    # The caller's short deadline was not Redis' fault: the next call uses Redis again.
+    assert await door.unlock(5) == (ev.DECISION_GRANTED, ev.DECISION_REASON_GRANTED)
+    assert door.cache.lookups == 1
