@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from latchkey.access.v1 import access_pb2, access_pb2_grpc
 
-from latchkit.errors import InvalidArgument, handles_errors
+from latchkit.errors import InvalidArgument, Unavailable, handles_errors
 from latchkit.identity import current_principal
-from services.access.service import UnlockService
+from services.access.service import ANSWER_MARGIN_SECONDS, UnlockService
 
 
 class AccessServicer(access_pb2_grpc.AccessServiceServicer):
@@ -27,7 +29,8 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
 
     @handles_errors
     async def GetViewRevision(self, request, context):
-        return access_pb2.GetViewRevisionResponse(applied_revision=await self.service.applied_revision())
+        applied = await _from_the_view(self.service.applied_revision(), context.time_remaining())
+        return access_pb2.GetViewRevisionResponse(applied_revision=applied)
 
     @handles_errors
     async def WaitForRevision(self, request, context):
@@ -36,6 +39,17 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
             raise InvalidArgument("timeout", "must be within 0..60 s")
         remaining = context.time_remaining()
         if remaining is not None:
-            timeout = min(timeout, max(remaining - 0.05, 0))
-        applied = await self.service.wait_for_revision(request.revision, timeout)
+            timeout = min(timeout, max(remaining - ANSWER_MARGIN_SECONDS, 0))
+        applied = await _from_the_view(self.service.wait_for_revision(request.revision, timeout), remaining)
         return access_pb2.WaitForRevisionResponse(applied_revision=applied, reached=applied >= request.revision)
+
+
+async def _from_the_view(read, time_remaining: float | None):
+    """`read` (it may read the view), ended before the caller's deadline; a view that fails
+    or hangs is the status UNAVAILABLE, not an error nobody can act on."""
+    limit = None if time_remaining is None else max(time_remaining - ANSWER_MARGIN_SECONDS / 2, 0)
+    try:
+        async with asyncio.timeout(limit):
+            return await read
+    except Exception as exc:  # noqa: BLE001 - the view is down or too slow
+        raise Unavailable("the unlock view did not answer; retry shortly") from exc

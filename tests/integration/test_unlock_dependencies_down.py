@@ -10,7 +10,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 
@@ -24,6 +26,7 @@ from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 from services.access.adapters.sqlite_view import SqliteUnlockView
 from services.access.decisions import DecisionPublisher
 from services.access.domain import DenialThrottle
+from services.access.grpc_api import AccessServicer
 from services.access.ports import CredentialRow, PairRow, ViewBatch
 from services.access.service import UnlockService
 
@@ -155,3 +158,29 @@ async def test_a_deadline_too_short_for_redis_skips_it_without_pausing_it(door):
     # The caller's short deadline was not Redis' fault: the next call uses Redis again.
     assert await door.unlock(5) == (ev.DECISION_GRANTED, ev.DECISION_REASON_GRANTED)
     assert door.cache.lookups == 1
+
+
+class Context:
+    """What the servicer asks of a gRPC call: its deadline, and how to end it with a status."""
+
+    def __init__(self, time_remaining: float) -> None:
+        self._remaining = time_remaining
+        self.code = None
+
+    def time_remaining(self) -> float:
+        return self._remaining
+
+    async def abort(self, code, message, trailing_metadata=()):
+        self.code = code
+        raise grpc.aio.AbortError(message)
+
+
+@pytest.mark.parametrize("method", ["GetViewRevision", "WaitForRevision"])
+async def test_revision_calls_answer_unavailable_when_the_view_is_down(door, method):
+    await door.view.close()
+    servicer, context = AccessServicer(door.service, 30), Context(1.0)
+    request = (access_pb2.GetViewRevisionRequest() if method == "GetViewRevision"
+               else access_pb2.WaitForRevisionRequest(revision=5, timeout=Duration(seconds=1)))
+    with pytest.raises(grpc.aio.AbortError):
+        await getattr(servicer, method)(request, context)
+    assert context.code == grpc.StatusCode.UNAVAILABLE
