@@ -5,6 +5,8 @@ floor; audit is not started: this measures the access service); the load
 generator is this process (grpc.aio, one channel per door). The hot path is
 the per-process cache (`unlock_memory_hit`); a second access process with that
 cache off measures the Redis hit and the view hit after a Redis flush.
+Two lower bounds (`bench/bound_server.py`) run beside the floor: an answer
+that decides nothing, and the same answer with Unlock's decision event.
 The floor and the cases it is compared with run in rotation, three turns of
 one second each (`harness.interleaved`), so a slow spell of the machine does
 not land on one of them only.
@@ -27,6 +29,7 @@ from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from bench.bound_server import ANSWER, ANSWER_AND_RECORD
 from bench.harness import (
     aio_channel,
     closed_loop,
@@ -70,9 +73,10 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path, stack: Stack | None = 
     services = start_services(stack_urls, pki_dir, state_dir, names=("permissions", "access"), extra_env={
         "LATCHKEY_ACCESS_WORKERS": "1", "LATCHKEY_ACCESS_THROTTLE_CREDENTIAL_DENIALS": "1000000000",
         "LATCHKEY_ACCESS_THROTTLE_DOOR_DENIALS": "1000000000"})
-    echo_port, pg_port = free_port(), free_port()
+    echo_port, pg_port, bound_port = free_port(), free_port(), free_port()
     echo = start_module("bench.echo_server", services.env, echo_port)
     pg = start_module("bench.pg_unlock_server", services.env, pg_port)
+    bound = start_module("bench.bound_server", services.env, bound_port)
     redis_only = None
     rows: dict = {}
     try:
@@ -80,13 +84,14 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path, stack: Stack | None = 
             admin = permissions_pb2_grpc.PermissionsServiceStub(pch)
             hot_door, hot_cards, _ = await seed(admin, "hot", 1)
             view_door, view_cards, revision = await seed(admin, "view", VIEW_KEYS)
-            servers = {"echo_floor": echo.pid, "unlock_memory_hit": services.procs["access"].pid,
+            servers = {"echo_floor": echo.pid, "bound_answer_only": bound.pid,
+                       "bound_answer_and_event": bound.pid, "unlock_memory_hit": services.procs["access"].pid,
                        "unlock_deny_unknown_credential": services.procs["access"].pid,
                        "pg_direct_in_handler": pg.pid}
             # The broker stores every decision event: its CPU per call is part of what Unlock costs.
             shared = {"nats": stack.pid("nats")} if stack is not None else {}
-            rows.update(await measure(services.targets["access"], pki_dir, echo_port, pg_port, hot_door,
-                                      hot_cards[0], revision, servers, shared))
+            rows.update(await measure(services.targets["access"], pki_dir, echo_port, pg_port, bound_port,
+                                      hot_door, hot_cards[0], revision, servers, shared))
             rows["server_decision_time_memory_hit"] = await decision_times(stack_urls.nats_url, hot_door.door_id)
             # The same service with its per-process cache off: what Redis and the view cost.
             redis_only, target = start_access(services.env, state_dir / "redis-only",
@@ -95,8 +100,8 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path, stack: Stack | None = 
                                                      view_door, view_cards, revision))
             rows["revocation_visible"] = await revocation(admin, services, pki_dir)
     finally:
-        echo.terminate()
-        pg.terminate()
+        for proc in (echo, pg, bound):
+            proc.terminate()
         if redis_only is not None:
             redis_only.terminate()
             redis_only.wait(timeout=15)
@@ -125,15 +130,21 @@ def start_access(env: dict, state: Path, extra: dict) -> tuple[subprocess.Popen,
     return proc, target
 
 
-async def measure(target, pki_dir, echo_port, pg_port, hot_door, hot_card, revision, servers, shared) -> dict:
+async def measure(target, pki_dir, echo_port, pg_port, bound_port, hot_door, hot_card, revision, servers,
+                  shared) -> dict:
     rows = {}
     hot_tls = door_tls(pki_dir, hot_door.door_id)
     unknown = access_pb2.PresentedCredential(kind=1, secret="not-a-known-card")
     async with aio_channel(target, hot_tls) as ch, \
             aio_channel(f"localhost:{echo_port}", hot_tls) as ech, \
-            aio_channel(f"localhost:{pg_port}", hot_tls) as pch:
+            aio_channel(f"localhost:{pg_port}", hot_tls) as pch, \
+            aio_channel(f"localhost:{bound_port}", hot_tls) as bch:
         stub, pstub = access_pb2_grpc.AccessServiceStub(ch), access_pb2_grpc.AccessServiceStub(pch)
         echo = ech.unary_unary("/latchkey.bench.Echo/Echo")
+        answer = bch.unary_unary(ANSWER, access_pb2.UnlockRequest.SerializeToString,
+                                 access_pb2.UnlockResponse.FromString)
+        answer_and_record = bch.unary_unary(ANSWER_AND_RECORD, access_pb2.UnlockRequest.SerializeToString,
+                                            access_pb2.UnlockResponse.FromString)
         hit = access_pb2.UnlockRequest(door_id=hot_door.door_id, credential=hot_card, min_revision=revision)
         first = await stub.Unlock(hit, timeout=5)
         assert first.decision == ev.DECISION_GRANTED, first
@@ -143,6 +154,12 @@ async def measure(target, pki_dir, echo_port, pg_port, hot_door, hot_card, revis
 
         async def call_echo(i):
             await echo(payload, timeout=5)
+
+        async def call_answer(i):
+            await answer(hit, timeout=5)
+
+        async def call_answer_and_event(i):
+            await answer_and_record(hit, timeout=5)
 
         async def call_hit(i):
             await stub.Unlock(hit, timeout=5)
@@ -154,7 +171,9 @@ async def measure(target, pki_dir, echo_port, pg_port, hot_door, hot_card, revis
             await pstub.Unlock(hit, timeout=5)
 
         for n in IN_FLIGHT:
-            measured = await interleaved({"echo_floor": call_echo, "unlock_memory_hit": call_hit,
+            measured = await interleaved({"echo_floor": call_echo, "bound_answer_only": call_answer,
+                                          "bound_answer_and_event": call_answer_and_event,
+                                          "unlock_memory_hit": call_hit,
                                           "unlock_deny_unknown_credential": call_deny,
                                           "pg_direct_in_handler": call_pg}, n, SECONDS, servers=servers,
                                          shared=shared)

@@ -1,0 +1,100 @@
+"""Unlock's lower bounds: what any Unlock costs before it decides anything.
+
+Two methods on the same runner, TLS and interceptor as the echo floor:
+
+- `Answer` takes an UnlockRequest and returns an UnlockResponse built the way
+  Unlock builds a grant (a fresh decision id and server time), deciding nothing;
+- `AnswerAndRecord` does the same and records the decision's event exactly as
+  Unlock does: `DecisionPublisher.record_deferred` with Unlock's `encode_decision`,
+  its linger and batching, to the same JetStream stream.
+
+Against the echo floor they split Unlock's gap into what the issue's required
+parts cost (the service's messages, one event per decision) and what Unlock's
+own work costs (validation, identity, lookups, the decision). The events name a
+door of their own, so the bench's decision-time figures never count them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+from latchkey.access.v1 import access_pb2
+from latchkey.events.v1 import events_pb2 as ev
+
+from latchkit import envelope, ids, server
+from latchkit.access_rules import Reason
+from latchkit.bus import BusSettings
+from latchkit.settings import ServerSettings, TlsSettings
+from services.access.adapters.sqlite_spool import SqliteDecisionSpool
+from services.access.decisions import DecisionPublisher
+from services.access.service import encode_decision
+
+SERVICE = "latchkey.bench.Bound"
+ANSWER = f"/{SERVICE}/Answer"
+ANSWER_AND_RECORD = f"/{SERVICE}/AnswerAndRecord"
+
+
+def register(decisions: DecisionPublisher):
+    sequence = ids.Sequence()
+    door_id, user_id, credential_id = (str(uuid.uuid4()) for _ in range(3))
+    actor = f"spiffe://latchkey/door/{door_id}"
+    subject = envelope.decision_subject(door_id)
+    granted, reason = ev.DECISION_GRANTED, int(Reason.GRANTED)
+
+    def answer() -> tuple[access_pb2.UnlockResponse, str, int, int]:
+        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+        decision_id = sequence.next()
+        response = access_pb2.UnlockResponse(decision=granted, reason=reason, decision_id=decision_id,
+                                             view_revision=1, user_id=user_id)
+        server_time = response.server_time
+        server_time.seconds, server_time.nanos = seconds, nanos
+        return response, decision_id, seconds, nanos
+
+    async def answer_only(request, context):
+        return answer()[0]
+
+    async def answer_and_record(request, context):
+        started = time.perf_counter_ns()
+        response, decision_id, seconds, nanos = answer()
+        decisions.record_deferred(decision_id, subject, encode_decision, (
+            decision_id, actor, door_id, user_id, credential_id, request.request_id, granted, reason, 1,
+            seconds, nanos, time.perf_counter_ns() - started, None))
+        return response
+
+    def handler(behaviour):
+        return grpc.unary_unary_rpc_method_handler(behaviour, access_pb2.UnlockRequest.FromString,
+                                                   access_pb2.UnlockResponse.SerializeToString)
+
+    def add(srv) -> list[str]:
+        srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            SERVICE, {"Answer": handler(answer_only), "AnswerAndRecord": handler(answer_and_record)}),))
+        return []
+
+    return add
+
+
+async def main() -> None:
+    assert os.environ["LATCHKEY_CERTS_DIR"]
+    settings = ServerSettings(host="127.0.0.1", port=int(os.environ["BENCH_PORT"]), metrics_port=0,
+                              grace_seconds=0.5, max_message_bytes=64 * 1024,
+                              tls=TlsSettings.for_identity("access"))
+    spool_dir = Path(tempfile.mkdtemp(prefix="lk-bench-bound-"))
+    decisions = DecisionPublisher(SqliteDecisionSpool(spool_dir / "decisions.sqlite"), BusSettings.from_env())
+
+    async def stop() -> None:
+        await decisions.close()
+        shutil.rmtree(spool_dir, ignore_errors=True)
+
+    await server.serve_forever(settings, server.ServiceSpec(
+        name="bound", register=register(decisions), on_stop=stop,
+        background=[decisions.run_spiller, decisions.run_publisher]))
+
+
+if __name__ == "__main__":
+    server.run(main)
