@@ -102,6 +102,8 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path, stack: Stack | None = 
     finally:
         for proc in (echo, pg, bound):
             proc.terminate()
+        for proc in (echo, pg, bound):
+            proc.wait(timeout=15)  # the bound server sends its last events before it exits
         if redis_only is not None:
             redis_only.terminate()
             redis_only.wait(timeout=15)
