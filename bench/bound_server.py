@@ -16,7 +16,6 @@ door of their own, so the bench's decision-time figures never count them.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -27,10 +26,10 @@ import grpc
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 
+from bench.echo_server import floor_settings
 from latchkit import envelope, ids, server
 from latchkit.access_rules import Reason
 from latchkit.bus import BusSettings
-from latchkit.settings import ServerSettings, TlsSettings
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 from services.access.decisions import DecisionPublisher
 from services.access.service import encode_decision
@@ -80,10 +79,6 @@ def register(decisions: DecisionPublisher):
 
 
 async def main() -> None:
-    assert os.environ["LATCHKEY_CERTS_DIR"]
-    settings = ServerSettings(host="127.0.0.1", port=int(os.environ["BENCH_PORT"]), metrics_port=0,
-                              grace_seconds=0.5, max_message_bytes=64 * 1024,
-                              tls=TlsSettings.for_identity("access"))
     spool_dir = Path(tempfile.mkdtemp(prefix="lk-bench-bound-"))
     decisions = DecisionPublisher(SqliteDecisionSpool(spool_dir / "decisions.sqlite"), BusSettings.from_env())
 
@@ -91,7 +86,7 @@ async def main() -> None:
         await decisions.close()
         shutil.rmtree(spool_dir, ignore_errors=True)
 
-    await server.serve_forever(settings, server.ServiceSpec(
+    await server.serve_forever(floor_settings(), server.ServiceSpec(
         name="bound", register=register(decisions), on_stop=stop,
         background=[decisions.run_spiller, decisions.run_publisher]))
 

@@ -30,13 +30,15 @@ def register(srv) -> list[str]:
     return []
 
 
+def floor_settings() -> ServerSettings:
+    """What every bench server runs with: the access service's TLS identity, on BENCH_PORT."""
+    assert os.environ["LATCHKEY_CERTS_DIR"]
+    return ServerSettings(host="127.0.0.1", port=int(os.environ["BENCH_PORT"]), metrics_port=0,
+                          grace_seconds=0.5, max_message_bytes=64 * 1024, tls=TlsSettings.for_identity("access"))
+
+
 async def main() -> None:
-    certs = os.environ["LATCHKEY_CERTS_DIR"]
-    settings = ServerSettings(host="127.0.0.1", port=int(os.environ["BENCH_PORT"]), metrics_port=0,
-                              grace_seconds=0.5, max_message_bytes=64 * 1024,
-                              tls=TlsSettings.for_identity("access"))
-    assert certs
-    await server.serve_forever(settings, server.ServiceSpec(name="echo", register=register))
+    await server.serve_forever(floor_settings(), server.ServiceSpec(name="echo", register=register))
 
 
 if __name__ == "__main__":

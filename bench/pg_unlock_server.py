@@ -8,9 +8,9 @@ import os
 from latchkey.access.v1 import access_pb2, access_pb2_grpc
 from latchkey.events.v1 import events_pb2 as ev
 
+from bench.echo_server import floor_settings
 from latchkit import secrets, server
 from latchkit.access_rules import Reason, evaluate
-from latchkit.settings import ServerSettings, TlsSettings
 from services.permissions import effective
 from services.permissions.adapters.postgres import Database
 
@@ -40,15 +40,12 @@ class PgUnlock(access_pb2_grpc.AccessServiceServicer):
 
 async def main() -> None:
     db = Database(os.environ["LATCHKEY_POSTGRES_DSN"], pool_size=32)
-    settings = ServerSettings(host="127.0.0.1", port=int(os.environ["BENCH_PORT"]), metrics_port=0,
-                              grace_seconds=0.5, max_message_bytes=64 * 1024,
-                              tls=TlsSettings.for_identity("access"))
 
     def register(srv) -> list[str]:
         access_pb2_grpc.add_AccessServiceServicer_to_server(PgUnlock(db, secrets.load_hmac_key()), srv)
         return []
 
-    await server.serve_forever(settings, server.ServiceSpec(name="pg-unlock", register=register, on_stop=db.close))
+    await server.serve_forever(floor_settings(), server.ServiceSpec(name="pg-unlock", register=register, on_stop=db.close))
 
 
 if __name__ == "__main__":
