@@ -1,42 +1,103 @@
-"""ScyllaDB connection settings and the asyncio bridge shared by the Scylla adapters.
+"""ScyllaDB (CQL) connection settings and the asyncio bridge shared by the CQL adapters.
 
 Nothing connects at import time; `connect` is called by an adapter's `open`.
+Development and tests run these adapters against Apache Cassandra 5.0 (the
+same CQL and native protocol as ScyllaDB, through the same driver); see
+docs/cql.md for what that does and does not prove.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
-from latchkit.settings import env_list, env_str
+from latchkit.settings import SettingsError, env_int, env_list, env_str
+
+PROTOCOL_VERSION = 4
+"""ScyllaDB speaks native protocol v4; pinning it keeps Cassandra 5 (which would offer v5) honest."""
 
 
 @dataclass(frozen=True)
 class ScyllaSettings:
     hosts: tuple[str, ...]
-    """LATCHKEY_SCYLLA_HOSTS: comma-separated contact points; empty means no Scylla."""
-    keyspace: str
+    """LATCHKEY_SCYLLA_HOSTS: comma-separated contact points (addresses, no ports); empty means no CQL store."""
+    keyspace: str = "latchkey"
     """LATCHKEY_SCYLLA_KEYSPACE (default latchkey)."""
-    local_dc: str
+    local_dc: str = "datacenter1"
     """LATCHKEY_SCYLLA_LOCAL_DC: the data centre whose replicas LOCAL_QUORUM counts."""
+    port: int = 9042
+    """LATCHKEY_SCYLLA_PORT: the native transport port of every contact point (default 9042)."""
+    username: str = ""
+    """LATCHKEY_SCYLLA_USERNAME: with LATCHKEY_SCYLLA_PASSWORD, password authentication; empty: none."""
+    password: str = ""
+    """LATCHKEY_SCYLLA_PASSWORD."""
+    tls_ca_file: Path | None = None
+    """LATCHKEY_SCYLLA_TLS_CA: a CA file turns on TLS to the cluster (the server's certificate is verified)."""
+    tls_cert_file: Path | None = None
+    """LATCHKEY_SCYLLA_TLS_CERT / _KEY: a client certificate, for clusters that require one."""
+    tls_key_file: Path | None = None
+    request_timeout: float = 2.0
+    """LATCHKEY_SCYLLA_REQUEST_TIMEOUT_SECONDS: one request's client-side timeout (default 2)."""
 
     @classmethod
     def from_env(cls) -> ScyllaSettings:
-        return cls(env_list("LATCHKEY_SCYLLA_HOSTS"), env_str("LATCHKEY_SCYLLA_KEYSPACE", "latchkey"),
-                   env_str("LATCHKEY_SCYLLA_LOCAL_DC", "datacenter1"))
+        def path(name: str) -> Path | None:
+            raw = env_str(name, "")
+            return Path(raw) if raw else None
+
+        settings = cls(
+            hosts=env_list("LATCHKEY_SCYLLA_HOSTS"),
+            keyspace=env_str("LATCHKEY_SCYLLA_KEYSPACE", "latchkey"),
+            local_dc=env_str("LATCHKEY_SCYLLA_LOCAL_DC", "datacenter1"),
+            port=env_int("LATCHKEY_SCYLLA_PORT", 9042, minimum=1),
+            username=env_str("LATCHKEY_SCYLLA_USERNAME", ""),
+            password=env_str("LATCHKEY_SCYLLA_PASSWORD", ""),
+            tls_ca_file=path("LATCHKEY_SCYLLA_TLS_CA"),
+            tls_cert_file=path("LATCHKEY_SCYLLA_TLS_CERT"),
+            tls_key_file=path("LATCHKEY_SCYLLA_TLS_KEY"),
+            request_timeout=float(env_str("LATCHKEY_SCYLLA_REQUEST_TIMEOUT_SECONDS", "2")),
+        )
+        if bool(settings.username) != bool(settings.password):
+            raise SettingsError("LATCHKEY_SCYLLA_USERNAME and LATCHKEY_SCYLLA_PASSWORD go together")
+        if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+            raise SettingsError("LATCHKEY_SCYLLA_TLS_CERT and LATCHKEY_SCYLLA_TLS_KEY go together")
+        if settings.tls_cert_file and not settings.tls_ca_file:
+            raise SettingsError("LATCHKEY_SCYLLA_TLS_CERT needs LATCHKEY_SCYLLA_TLS_CA")
+        return settings
+
+    def with_keyspace(self, keyspace: str) -> ScyllaSettings:
+        from dataclasses import replace
+
+        return replace(self, keyspace=keyspace)
+
+
+def _ssl_context(settings: ScyllaSettings):
+    if settings.tls_ca_file is None:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(settings.tls_ca_file))
+    if settings.tls_cert_file is not None:
+        context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
+    return context
 
 
 def connect(settings: ScyllaSettings):
     """A driver Session whose default consistency is LOCAL_QUORUM (the driver's default is LOCAL_ONE)."""
     from cassandra import ConsistencyLevel
+    from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.local_dc)),
-        consistency_level=ConsistencyLevel.LOCAL_QUORUM, request_timeout=2.0,
+        consistency_level=ConsistencyLevel.LOCAL_QUORUM, request_timeout=settings.request_timeout,
     )
-    cluster = Cluster(list(settings.hosts), execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    auth = PlainTextAuthProvider(settings.username, settings.password) if settings.username else None
+    cluster = Cluster(list(settings.hosts), port=settings.port, protocol_version=PROTOCOL_VERSION,
+                      auth_provider=auth, ssl_context=_ssl_context(settings),
+                      execution_profiles={EXEC_PROFILE_DEFAULT: profile})
     return cluster, cluster.connect()
 
 
@@ -44,7 +105,8 @@ async def pages(session, statement, params=None):
     """Yield each page of rows; the next page is fetched asynchronously, never by iterating a ResultSet.
 
     The driver calls the callbacks on its own threads, once per page, so they
-    only hand the page to the event loop (`call_soon_threadsafe`).
+    only hand the page to the event loop (`call_soon_threadsafe`). A write (a
+    VOID result) hands the callback `None`, not an empty list: it yields `[]`.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
@@ -55,7 +117,7 @@ async def pages(session, statement, params=None):
         rows, exc = await queue.get()
         if exc is not None:
             raise exc
-        yield rows
+        yield list(rows) if rows is not None else []
         if not response.has_more_pages:
             return
         response.start_fetching_next_page()

@@ -25,7 +25,7 @@ async def store(request, tmp_path):
         from services.audit.adapters.scylla_store import ScyllaAuditStore, apply_schema
 
         base = ScyllaSettings.from_env()
-        settings = ScyllaSettings(base.hosts, f"lk_test_{uuid.uuid4().hex[:8]}", base.local_dc)
+        settings = base.with_keyspace(f"lk_test_{uuid.uuid4().hex[:8]}")
         await apply_schema(settings, replication_factor=1, retention_days=1)
         s = ScyllaAuditStore(settings, retention_days=1)
     await s.open()

@@ -28,7 +28,7 @@ async def view(request, tmp_path):
         from services.access.adapters.scylla_view import ScyllaUnlockView, apply_schema
 
         settings = ScyllaSettings.from_env()
-        settings = ScyllaSettings(settings.hosts, f"lk_test_{uuid.uuid4().hex[:8]}", settings.local_dc)
+        settings = settings.with_keyspace(f"lk_test_{uuid.uuid4().hex[:8]}")
         await apply_schema(settings, replication_factor=1)
         store = ScyllaUnlockView(settings)
     await store.open()
