@@ -38,8 +38,16 @@ gen/.stamp: $(wildcard protos/latchkey/*/v1/*.proto) scripts/proto.sh $(VENV)/.s
 	scripts/proto.sh
 	@touch $@
 
+# The local CQL engine (Apache Cassandra, version pinned in the pom) from Maven Central, fetched once.
+CQL_JARS := $(STATE)/tools/cassandra
+$(CQL_JARS)/.stamp: tools/cassandra/pom.xml | $(STATE)/system-deps.stamp
+	rm -rf $(CQL_JARS)
+	mvn -q -B -f tools/cassandra/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+	  -DoutputDirectory=$(abspath $(CQL_JARS))
+	@touch $@
+
 .PHONY: setup
-setup: $(STATE)/system-deps.stamp $(VENV)/.synced gen/.stamp ## install everything (apt, Python env, generated code)
+setup: $(STATE)/system-deps.stamp $(VENV)/.synced gen/.stamp $(CQL_JARS)/.stamp ## install everything (apt, Python env, generated code, CQL engine)
 
 .PHONY: proto
 proto: $(VENV)/.synced ## generate Python code from protos/ into gen/
@@ -51,9 +59,14 @@ certs: setup ## create the development CA and service certificates (idempotent)
 	$(LATCHKEY) certs init
 
 # ---- the local stack --------------------------------------------------------
+# CQL=1: the unlock view and the audit log live in the local CQL engine (Apache
+# Cassandra 5.0, the same CQL and driver as ScyllaDB) instead of the embedded stores.
+CQL ?= 0
+CQL_FLAG := $(if $(filter 1 yes true,$(CQL)),--cql,--no-cql)
+
 .PHONY: stack-up stack-down stack-status
-stack-up: setup ## start PostgreSQL, Redis and NATS JetStream under .state/dev
-	$(LATCHKEY) stack up
+stack-up: setup ## start PostgreSQL, Redis and NATS JetStream (CQL=1: and the CQL engine) under .state/dev
+	$(LATCHKEY) stack up $(CQL_FLAG)
 stack-down: setup ## stop the local stack
 	$(LATCHKEY) stack down
 stack-status: setup ## show the local stack
@@ -61,7 +74,7 @@ stack-status: setup ## show the local stack
 
 # ---- the two commands -----------------------------------------------------
 .PHONY: run
-run: setup certs stack-up ## start the stack and all three services (Ctrl-C stops the services)
+run: setup certs stack-up ## start the stack and all three services (CQL=1: on the CQL engine; Ctrl-C stops them)
 	$(LATCHKEY) migrate
 	$(LATCHKEY) run
 

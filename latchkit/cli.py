@@ -74,12 +74,20 @@ def _stack():
 
 
 @stack_app.command("up")
-def stack_up() -> None:
+def stack_up(
+    cql: bool = typer.Option(None, "--cql/--no-cql",
+                             help="also run the CQL engine (Apache Cassandra 5.0) and keep the unlock view and "
+                                  "the audit log in it; default: as this state directory was last started"),
+) -> None:
     """Start (or keep) the local stack; prints its URLs."""
     stack = _stack()
-    stack.up()
+    if cql is False and stack.cql_enabled:
+        stack.cql_engine.stop()
+    stack.up(cql=cql)
     urls = stack.urls()
     console.print(f"postgres {urls.postgres_dsn}\nredis    {urls.redis_url}\nnats     {urls.nats_url}")
+    if stack.cql_enabled:
+        console.print(f"cql      {stack.cql_engine.address}:{stack.ports.cql} (Apache Cassandra, CQL as ScyllaDB)")
 
 
 @stack_app.command("down")

@@ -25,13 +25,17 @@ def stack_env() -> dict[str, str]:
     """The environment that points services at the local stack (explicit settings win)."""
     from latchkit.stack import Stack
 
-    urls = Stack(lk_settings.state_dir()).urls()
+    stack = Stack(lk_settings.state_dir())
+    urls = stack.urls()
     defaults = {
         "LATCHKEY_POSTGRES_DSN": urls.postgres_dsn,
         "LATCHKEY_REDIS_URL": urls.redis_url,
         "LATCHKEY_NATS_URL": urls.nats_url,
         "LATCHKEY_STATE_DIR": str(lk_settings.state_dir()),
     }
+    if stack.cql_enabled:
+        # `latchkey stack up --cql`: the view and the audit store live in the local CQL engine.
+        defaults |= {**stack.scylla_env(), "LATCHKEY_SCYLLA_REPLICATION_FACTOR": "1"}
     return {**defaults, **{k: v for k, v in os.environ.items() if k in defaults}}
 
 

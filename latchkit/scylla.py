@@ -9,6 +9,9 @@ docs/cql.md for what that does and does not prove.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +44,12 @@ class ScyllaSettings:
     """LATCHKEY_SCYLLA_REQUEST_TIMEOUT_SECONDS: one request's client-side timeout (default 2)."""
 
     @classmethod
-    def from_env(cls) -> ScyllaSettings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ScyllaSettings:
+        """From os.environ, or from `environ` (a migration gets the environment it should use)."""
+        if environ is not None:
+            with _environ(environ):
+                return cls.from_env()
+
         def path(name: str) -> Path | None:
             raw = env_str(name, "")
             return Path(raw) if raw else None
@@ -70,6 +78,36 @@ class ScyllaSettings:
         from dataclasses import replace
 
         return replace(self, keyspace=keyspace)
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]):
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def migration_replication_factor(environ: Mapping[str, str]) -> int | None:
+    """LATCHKEY_SCYLLA_REPLICATION_FACTOR: set, `latchkey migrate` applies the CQL schemas with it.
+
+    Unset (production), `latchkey migrate` leaves the CQL keyspaces to `latchkey
+    access|audit migrate-cql --rf N`, so a migration job never changes replication by accident.
+    The local stack sets it to 1 when it runs its CQL engine.
+    """
+    raw = environ.get("LATCHKEY_SCYLLA_REPLICATION_FACTOR", "")
+    if not raw:
+        return None
+    try:
+        rf = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"LATCHKEY_SCYLLA_REPLICATION_FACTOR={raw!r} is not an integer") from exc
+    if rf < 1:
+        raise SettingsError(f"LATCHKEY_SCYLLA_REPLICATION_FACTOR={rf} is below 1")
+    return rf
 
 
 def _ssl_context(settings: ScyllaSettings):

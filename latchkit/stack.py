@@ -1,4 +1,4 @@
-"""The local stack: PostgreSQL, Redis and NATS JetStream as child processes.
+"""The local stack: PostgreSQL, Redis, NATS JetStream (and, on request, a CQL engine) as child processes.
 
 All data, logs and sockets live under one state directory. `make run` uses
 `.state/dev` on fixed non-default ports; tests start a private stack on free
@@ -9,6 +9,7 @@ ports. PostgreSQL refuses to run as root, so as root it runs as the
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -22,10 +23,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from latchkit.cql_engine import CqlEngine, CqlEngineError
+
 # Below the kernel's ephemeral range (32768-60999 on Linux): a recent outgoing connection that
 # happened to get one of these as its local port (common after a test run) would otherwise keep
 # it in TIME_WAIT for a minute and fail `make run` with "Address already in use".
-DEFAULT_PORTS = {"postgres": 25432, "redis": 26379, "nats": 24222, "nats_monitor": 28222}
+DEFAULT_PORTS = {"postgres": 25432, "redis": 26379, "nats": 24222, "nats_monitor": 28222, "cql": 29042,
+                 "cql_storage": 27000}
 
 
 class StackError(RuntimeError):
@@ -38,6 +42,8 @@ class StackPorts:
     redis: int
     nats: int
     nats_monitor: int
+    cql: int = DEFAULT_PORTS["cql"]
+    cql_storage: int = DEFAULT_PORTS["cql_storage"]
 
     @classmethod
     def defaults(cls) -> StackPorts:
@@ -45,7 +51,7 @@ class StackPorts:
 
     @classmethod
     def free(cls) -> StackPorts:
-        return cls(*(free_port() for _ in range(4)))
+        return cls(*(free_port() for _ in range(len(DEFAULT_PORTS))))
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,22 @@ class Stack:
         self.state_dir = Path(state_dir).resolve()
         self._ports = ports
 
+    @functools.cached_property
+    def cql_engine(self) -> CqlEngine:
+        """The CQL engine (Apache Cassandra 5.0) of this stack; started only by `up(cql=True)`."""
+        return CqlEngine(self.state_dir / "cassandra", self.ports.cql, self.ports.cql_storage)
+
+    @property
+    def cql_enabled(self) -> bool:
+        """Whether `up(cql=True)` was asked for in this state directory (remembered in stack.json)."""
+        if not self._config_file.exists():
+            return False
+        return bool(json.loads(self._config_file.read_text()).get("cql", False))
+
+    def scylla_env(self) -> dict[str, str]:
+        """The settings that point the CQL adapters at this stack's engine."""
+        return {"LATCHKEY_SCYLLA_HOSTS": self.cql_engine.address, "LATCHKEY_SCYLLA_PORT": str(self.ports.cql)}
+
     # ---- configuration ---------------------------------------------------
     @property
     def _config_file(self) -> Path:
@@ -150,19 +172,34 @@ class Stack:
         return path
 
     # ---- lifecycle ---------------------------------------------------------
-    def up(self) -> StackUrls:
-        """Start what is not running; wait until every component answers."""
+    def up(self, cql: bool | None = None) -> StackUrls:
+        """Start what is not running; wait until every component answers.
+
+        `cql=True` also runs the CQL engine (and remembers it); None keeps what
+        the state directory had.
+        """
+        cql = self.cql_enabled if cql is None else cql
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._config_file.write_text(json.dumps({"ports": asdict(self.ports)}))
+        self._config_file.write_text(json.dumps({"ports": asdict(self.ports), "cql": cql}))
+        if cql:
+            if self.cql_engine.pid() is None and _port_open(self.ports.cql):
+                raise StackError(f"port {self.ports.cql} for the CQL engine is taken by another process")
+            self.cql_engine.start()  # the JVM boots while the others start
         self._postgres_up()
         self._redis_up()
         self._nats_up()
+        if cql:
+            try:
+                self.cql_engine.wait_ready()
+            except CqlEngineError as exc:
+                raise StackError(str(exc)) from exc
         return self.urls()
 
     def down(self) -> None:
         self._postgres_down()
         for name in ("redis", "nats"):
             self._stop_pidfile(name)
+        self.cql_engine.stop()
 
     def stop_component(self, name: str) -> None:
         """Stop redis or nats alone (outage tests); `start_component` brings it back on the same port."""
@@ -191,6 +228,8 @@ class Stack:
             "postgres": {"port": p.postgres, "running": self._postgres_running()},
             "redis": {"port": p.redis, "running": self._pidfile_alive("redis") and _port_open(p.redis)},
             "nats": {"port": p.nats, "running": self._pidfile_alive("nats") and _port_open(p.nats)},
+            "cql": {"port": p.cql, "running": self.cql_engine.pid() is not None and _port_open(p.cql),
+                    "enabled": self.cql_enabled},
         }
 
     # ---- PostgreSQL --------------------------------------------------------

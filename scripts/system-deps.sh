@@ -12,6 +12,9 @@ have_cmd redis-server || need+=(redis-server)
 have_cmd npm || need+=(nodejs npm)
 have_cmd runuser || need+=(util-linux)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+# The local CQL engine (Apache Cassandra 5.0, from Maven Central) runs on Java 17.
+java -version 2>&1 | grep -qE 'version "(1[7-9]|2[0-9])' || need+=(openjdk-17-jre-headless)
+have_cmd mvn || need+=(maven)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

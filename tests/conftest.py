@@ -1,7 +1,12 @@
-"""Shared fixtures: a private stack on free ports, and a private PKI.
+"""Shared fixtures: a private stack on free ports (with its CQL engine), and a private PKI.
 
 The stack lives under .state/test-<id>/ so several pytest runs can share a
 machine; it is stopped when the session ends, even after failures.
+
+The CQL engine (Apache Cassandra 5.0, see latchkit/cql_engine.py) takes
+10-20 s to boot, so it is launched as soon as collection shows that a test
+needs it, and runs while the other tests do; `cql_settings` waits for it.
+A CQL engine that cannot start fails those tests: the CQL leg is never skipped.
 """
 
 from __future__ import annotations
@@ -17,18 +22,67 @@ from latchkit import certs
 from latchkit.settings import REPO_ROOT, TlsSettings
 from latchkit.stack import Stack, StackPorts
 
+_STACK: Stack | None = None
+CQL_FIXTURES = {"cql_settings"}
+
+
+def test_stack() -> Stack:
+    """This session's stack (created on first use; nothing starts until asked)."""
+    global _STACK
+    if _STACK is None:
+        _STACK = Stack(REPO_ROOT / ".state" / f"test-{uuid.uuid4().hex[:8]}", StackPorts.free())
+        atexit.register(_stop_stack)  # backstop if the session is interrupted
+    return _STACK
+
+
+test_stack.__test__ = False  # a helper, not a test
+
+
+def _stop_stack() -> None:
+    if _STACK is not None:
+        _STACK.down()
+        shutil.rmtree(_STACK.state_dir, ignore_errors=True)
+
+
+def pytest_collection_finish(session) -> None:
+    cql_tests = [item for item in session.items if CQL_FIXTURES & set(getattr(item, "fixturenames", ()))
+                 or "cql" in getattr(getattr(item, "callspec", None), "params", {}).values()]
+    if cql_tests:
+        test_stack().cql_engine.start()  # boots in the background while other tests run
+    session.config.stash[CQL_COUNT] = len(cql_tests)
+
+
+CQL_COUNT = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    passed = sum(1 for r in terminalreporter.stats.get("passed", []) if "scylla" in r.nodeid or "cql" in r.nodeid)
+    count = config.stash.get(CQL_COUNT, 0)
+    if count:
+        terminalreporter.write_line(f"CQL leg: {count} tests ran against Apache Cassandra 5.0 "
+                                    f"({passed} passed)")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    _stop_stack()
+
 
 @pytest.fixture(scope="session")
 def stack():
-    state = REPO_ROOT / ".state" / f"test-{uuid.uuid4().hex[:8]}"
-    s = Stack(state, StackPorts.free())
-    atexit.register(s.down)  # backstop if the session is interrupted
-    try:
-        s.up()
-        yield s
-    finally:
-        s.down()
-        shutil.rmtree(state, ignore_errors=True)
+    s = test_stack()
+    s.up()
+    return s
+
+
+@pytest.fixture(scope="session")
+def cql_settings():
+    """ScyllaSettings for this session's CQL engine (keyspace `latchkey`; tests pick their own)."""
+    from latchkit.scylla import ScyllaSettings
+
+    engine = test_stack().cql_engine
+    engine.start()
+    engine.wait_ready()
+    return ScyllaSettings(hosts=(engine.address,), port=engine.native_port)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,9 @@ from latchkit.bus import BusSettings
 from latchkit.scylla import ScyllaSettings
 from latchkit.settings import ServerSettings, SettingsError, env_int, env_str, state_dir
 
+DEFAULT_RETENTION_DAYS = 7 * 366
+"""Seven years: the audit store's TTL unless LATCHKEY_AUDIT_RETENTION_DAYS says otherwise."""
+
 
 @dataclass(frozen=True)
 class AuditSettings:
@@ -41,6 +44,6 @@ class AuditSettings:
             scylla=scylla,
             store_backend=backend,
             data_dir=state_dir() / "audit",
-            retention_days=env_int("LATCHKEY_AUDIT_RETENTION_DAYS", 7 * 366, minimum=1),
+            retention_days=env_int("LATCHKEY_AUDIT_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, minimum=1),
             ingest_batch=env_int("LATCHKEY_AUDIT_INGEST_BATCH", 512, minimum=1),
         )

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 
 import nats
@@ -25,6 +26,8 @@ class System:
     targets: dict[str, str]
     env: dict[str, str]
     procs: dict[str, subprocess.Popen]
+    backend: str = "embedded"
+    """embedded, or cql: the unlock view and the audit log in the test CQL engine."""
 
     def kill(self, name: str) -> None:
         """SIGKILL: no graceful shutdown, as in a crash."""
@@ -51,12 +54,13 @@ async def purge_streams(url: str) -> None:
         await nc.close()
 
 
-@pytest.fixture(scope="session")
-def system(stack, pki, tmp_path_factory):
-    state = tmp_path_factory.mktemp("system-state")
+@pytest.fixture(scope="session", params=["embedded", "cql"])
+def system(request, stack, pki, tmp_path_factory):
+    """The system on the embedded stores, then once more with the view and the audit log in the CQL engine."""
+    state = tmp_path_factory.mktemp(f"system-state-{request.param}")
     urls = stack.urls()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("LATCHKEY_SCYLLA_")},
         "LATCHKEY_STATE_DIR": str(state),
         "LATCHKEY_CERTS_DIR": str(pki.dir),
         "LATCHKEY_POSTGRES_DSN": urls.postgres_dsn,
@@ -65,6 +69,12 @@ def system(stack, pki, tmp_path_factory):
         "LATCHKEY_ACCESS_WORKERS": "1",
         "LATCHKEY_LOG_LEVEL": "WARNING",
     }
+    if request.param == "cql":
+        cql = request.getfixturevalue("cql_settings")
+        # Its own keyspace; `latchkey migrate` applies the CQL schemas because the factor is set.
+        env |= {"LATCHKEY_SCYLLA_HOSTS": ",".join(cql.hosts), "LATCHKEY_SCYLLA_PORT": str(cql.port),
+                "LATCHKEY_SCYLLA_KEYSPACE": f"lk_e2e_{uuid.uuid4().hex[:8]}",
+                "LATCHKEY_SCYLLA_REPLICATION_FACTOR": "1"}
     for e in endpoints.ALL:
         env[f"{e.env_prefix}_PORT"] = str(free_port())
         env[f"{e.env_prefix}_METRICS_PORT"] = "0"
@@ -93,7 +103,7 @@ def system(stack, pki, tmp_path_factory):
                     del pending[name]
             time.sleep(0.1)
         assert not pending, f"not healthy within 60 s: {sorted(pending)}"
-        yield System(targets=targets, env=env, procs=procs)
+        yield System(targets=targets, env=env, procs=procs, backend=request.param)
     finally:
         for k, v in old.items():
             if v is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sqlite3
 import subprocess
 import sys
 
@@ -55,6 +54,32 @@ def test_verify_reports_an_intact_chain(system, pki):
     assert "chain intact" in result.stderr
 
 
+READ_VIEW = """
+import asyncio, json, sys
+from services.access import bootstrap
+from services.access.settings import AccessSettings
+
+async def main():
+    view = bootstrap.build_view(AccessSettings.from_env())
+    await view.open()
+    try:
+        pairs = {f"{p.door_id}/{p.user_id}": [p.version, len(p.payload)] for p in await view.all_pairs()}
+        print(json.dumps({"pairs": pairs, "watermark": await view.watermark()}))
+    finally:
+        await view.close()
+
+asyncio.run(main())
+"""
+
+
+def read_view(system, **env) -> dict:
+    """The unlock view as the access service's own adapter reads it (embedded or CQL)."""
+    result = subprocess.run([sys.executable, "-c", READ_VIEW], env={**system.env, **env}, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def test_rebuild_view_repopulates_an_empty_view_from_postgresql(system, pki, tmp_path):
     admin = Admin(system, pki)
     user, door, gone = admin.user(), admin.door(), admin.user()
@@ -62,15 +87,19 @@ def test_rebuild_view_repopulates_an_empty_view_from_postgresql(system, pki, tmp
     revoked = admin.grant(gone.user_id, door.door_id)
     admin.RevokeAccess(pm.RevokeAccessRequest(grant_id=revoked.grant.grant_id))
     admin.close()
-    # A new region: an empty state directory, same PostgreSQL and Redis.
-    result = latchkey(system, pki, "access", "rebuild-view", LATCHKEY_STATE_DIR=str(tmp_path))
+    # A new region: an empty view (a new state directory, or a new keyspace), same PostgreSQL and Redis.
+    region = {"LATCHKEY_STATE_DIR": str(tmp_path)}
+    if system.backend == "cql":
+        region["LATCHKEY_SCYLLA_KEYSPACE"] = f"lk_region_{rid()[:8]}"
+        result = latchkey(system, pki, "access", "migrate-cql", "--rf", "1", **region)
+        assert result.returncode == 0, result.stderr + result.stdout
+    result = latchkey(system, pki, "access", "rebuild-view", **region)
     assert result.returncode == 0, result.stderr + result.stdout
-    view = sqlite3.connect(tmp_path / "access" / "view.sqlite")
-    granted = view.execute("SELECT version, length(payload) FROM pairs WHERE door_id = ? AND user_id = ?",
-                           (door.door_id, user.user_id)).fetchone()
-    assert granted[0] >= g.revision and granted[1] > 0
-    assert view.execute("SELECT count(*) FROM pairs WHERE user_id = ?", (gone.user_id,)).fetchone()[0] == 0
-    assert view.execute("SELECT watermark FROM progress").fetchone()[0] >= g.revision
+    view = read_view(system, **region)
+    version, payload_length = view["pairs"][f"{door.door_id}/{user.user_id}"]
+    assert version >= g.revision and payload_length > 0
+    assert not [k for k in view["pairs"] if k.endswith("/" + gone.user_id)]
+    assert view["watermark"] >= g.revision
 
 
 def test_rebuild_view_while_unlock_serves(system, pki):
