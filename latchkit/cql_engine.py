@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -110,6 +111,9 @@ class CqlEngine:
         while time.monotonic() < deadline:
             if self.pid() is None:
                 raise CqlEngineError(f"the CQL engine exited during start-up:\n{self._tail()}")
+            if not self._port_open():
+                time.sleep(0.25)  # still booting: the native transport opens last
+                continue
             try:
                 version = self.query_release_version()
             except Exception as exc:  # noqa: BLE001 - not up yet: connection refused, no host available
@@ -120,6 +124,11 @@ class CqlEngine:
                 raise CqlEngineError(f"unexpected CQL engine release {version}")
             return
         raise CqlEngineError(f"the CQL engine did not answer within {timeout:.0f}s ({last!r}):\n{self._tail()}")
+
+    def _port_open(self) -> bool:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            return s.connect_ex((self.address, self.native_port)) == 0
 
     def query_release_version(self) -> str:
         from latchkit.scylla import ScyllaSettings, connect

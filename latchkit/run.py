@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from latchkit import endpoints
+from latchkit import endpoints, process
 from latchkit import settings as lk_settings
 from latchkit.tls import channel_credentials
 
@@ -108,12 +109,50 @@ def _summary(console: Console) -> None:
     )
 
 
-def run_all(console: Console) -> int:
-    env = {**os.environ, **stack_env()}
-    procs: dict[str, subprocess.Popen] = {}
-    for name, module in SERVICE_MODULES.items():
-        procs[name] = subprocess.Popen([sys.executable, "-m", module], env=env)
+class Stopping(Exception):
+    """SIGTERM or SIGHUP reached `latchkey run`: stop the services as Ctrl-C does."""
+
+
+def _stop_on(signum, frame) -> None:
+    raise Stopping(signal.Signals(signum).name)
+
+
+def already_running() -> str | None:
+    """Why another instance holds this machine's service ports, or None if they are free."""
+    pidfile = lk_settings.state_dir() / "run.pid"
     try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        pid = None
+    if pid is not None and pid != os.getpid():
+        return f"`latchkey run` is already running (pid {pid}); stop it with Ctrl-C in its terminal or `kill {pid}`"
+    for e in endpoints.ALL:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", e.port)) == 0:
+                return f"port {e.port} ({e.service}) is already in use: is Latchkey running elsewhere?"
+    return None
+
+
+def run_all(console: Console) -> int:
+    busy = already_running()
+    if busy:
+        console.print(f"[red]{busy}[/red]")
+        return 2
+    env = {**os.environ, **stack_env()}
+    pidfile = lk_settings.state_dir() / "run.pid"
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.write_text(str(os.getpid()))
+    # `make run` is our parent: when it is killed, so are we (and so, in turn, the services).
+    process.die_with_parent(os.getppid())
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop_on)
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for name, module in SERVICE_MODULES.items():
+            procs[name] = subprocess.Popen([sys.executable, "-m", module], env=env,
+                                           preexec_fn=process.preexec_die_with_parent())
         if not _wait_healthy(procs):
             console.print("[red]a service did not become healthy; see its log above[/red]")
             return 1
@@ -122,9 +161,11 @@ def run_all(console: Console) -> int:
             time.sleep(0.5)
         console.print("[red]a service exited[/red]")
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopping):
         return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -133,3 +174,4 @@ def run_all(console: Console) -> int:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+        pidfile.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from latchkit.stack import Stack, StackPorts
 
 _STACK: Stack | None = None
 CQL_FIXTURES = {"cql_settings"}
+CQL_PARAMS = {"cql", "scylla"}  # the parameter that puts a contract or system test on the CQL engine
 
 
 def test_stack() -> Stack:
@@ -46,7 +47,7 @@ def _stop_stack() -> None:
 
 def pytest_collection_finish(session) -> None:
     cql_tests = [item for item in session.items if CQL_FIXTURES & set(getattr(item, "fixturenames", ()))
-                 or "cql" in getattr(getattr(item, "callspec", None), "params", {}).values()]
+                 or CQL_PARAMS & set(getattr(getattr(item, "callspec", None), "params", {}).values())]
     if cql_tests:
         test_stack().cql_engine.start()  # boots in the background while other tests run
     session.config.stash[CQL_COUNT] = len(cql_tests)

@@ -1,0 +1,36 @@
+"""Process trees that never leave orphans: children die with their parent.
+
+`latchkey run` starts the three services and the access main process starts
+its workers. A child left running after its parent was killed would keep
+serving on the shared port with nobody to stop it, so each child asks the
+kernel for SIGTERM when its parent dies (Linux PR_SET_PDEATHSIG), set between
+fork and exec, and long-lived children also watch their parent's pid.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from collections.abc import Callable
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGTERM this process when `parent` dies; exit at once if it is already gone.
+
+    Call it in the child (a `preexec_fn`, or at start-up); the check after prctl
+    closes the race of a parent that died before the request was made.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        os._exit(70)
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def preexec_die_with_parent() -> Callable[[], None]:
+    """A `preexec_fn` for subprocess.Popen: the child dies with the calling process."""
+    parent = os.getpid()
+    return lambda: die_with_parent(parent)
