@@ -14,15 +14,19 @@ console = Console()
 
 @app.command("migrate-cql")
 def migrate_cql(replication_factor: int = typer.Option(3, "--rf", help="replicas per data centre")) -> None:
-    """Apply the unlock view's CQL files to LATCHKEY_SCYLLA_HOSTS (idempotent)."""
+    """Create the unlock view's keyspace and tables on LATCHKEY_SCYLLA_HOSTS, or bring them in line with the
+    CQL files (replication, TTL, compaction); prints each change, or "unchanged"."""
     from latchkit.scylla import ScyllaSettings
     from services.access.adapters.scylla_view import apply_schema
 
     settings = ScyllaSettings.from_env()
     if not settings.hosts:
         raise typer.BadParameter("set LATCHKEY_SCYLLA_HOSTS to the cluster's contact points")
-    for name in asyncio.run(apply_schema(settings, replication_factor)):
-        console.print(f"applied {name}")
+    changes = asyncio.run(apply_schema(settings, replication_factor))
+    for change in changes:
+        console.print(change, soft_wrap=True, markup=False)
+    if not changes:
+        console.print(f"unchanged: keyspace {settings.keyspace} already matches the CQL files")
 
 
 @app.command("rebuild-view")

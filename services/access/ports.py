@@ -40,11 +40,22 @@ class ViewBatch:
 class UnlockView(Protocol):
     """The durable unlock view.
 
-    - `apply` is atomic per row and idempotent: a row is written only if its
-      version is higher than the stored one (a lower or equal version never
-      overwrites; an empty payload is a versioned tombstone, not a delete).
-      Applying the same batch twice, or batches in any order, converges.
-    - `progress` returns what the last `apply` recorded.
+    - `apply` is atomic per row and idempotent. Rows are ordered by version
+      first: a lower version never overwrites a higher one. At an equal
+      version the deny side wins (an empty payload, a revoked credential);
+      between two rows that are both denies or both grants, the greater bytes
+      win (the payload; for credentials the user id). An empty payload is a
+      versioned tombstone, not a delete. So applying the same batch twice, or
+      batches in any order, leaves the same rows (ScyllaDB gets this from
+      write timestamps and its equal-timestamp rule; the embedded view compares
+      in SQL). Versions are permissions revisions, 0 <= version < 2**62.
+    - Progress (`progress`, `watermark`) belongs to the instance the view was
+      built for (LATCHKEY_ACCESS_INSTANCE); the rows are shared by every
+      instance using the same store. `apply` merges the batch's progress into
+      the stored one: the watermark becomes the greater of the two, and each
+      revision above it keeps every event index either side has seen. So
+      progress never goes back, whatever order batches land in (a stale batch
+      after a restart, a lower watermark from a concurrent writer).
     """
 
     async def open(self) -> None: ...
@@ -59,10 +70,12 @@ class UnlockView(Protocol):
         """The active credential with this secret, else the newest revoked one, else None."""
         ...
 
-    async def progress(self) -> tuple[int, dict[int, tuple[int, list[int]]]]: ...
+    async def progress(self) -> tuple[int, dict[int, tuple[int, list[int]]]]:
+        """This instance's (watermark, {revision above it: (event count, sorted indices applied)})."""
+        ...
 
     async def watermark(self) -> int:
-        """The highest revision applied with every revision below it applied too."""
+        """This instance's watermark: the highest revision applied with every revision below it applied too."""
         ...
 
     async def all_pairs(self) -> list[PairRow]: ...

@@ -1,12 +1,12 @@
-"""One contract for every UnlockView: versions decide, tombstones stay, order does not matter.
+"""One contract for every UnlockView: versions decide, ties are settled by one rule, progress only grows.
 
-The embedded (SQLite) view always runs; the Scylla view joins the parameter
-list when LATCHKEY_SCYLLA_HOSTS names a cluster.
+Both legs always run: the embedded (SQLite) view and the Scylla view, against
+the session's CQL engine (`cql_settings`); each Scylla test gets its own
+keyspace.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import uuid
 
@@ -14,26 +14,42 @@ import pytest
 
 from services.access.ports import CredentialRow, PairRow, ViewBatch
 
-BACKENDS = ["embedded"] + (["scylla"] if os.environ.get("LATCHKEY_SCYLLA_HOSTS") else [])
+BACKENDS = ["embedded", "scylla"]
 
 
 @pytest.fixture(params=BACKENDS)
-async def view(request, tmp_path):
+async def open_view(request, tmp_path):
+    """Opens views on one store (one SQLite file, or one keyspace), each for the instance it is given."""
     if request.param == "embedded":
         from services.access.adapters.sqlite_view import SqliteUnlockView
 
-        store = SqliteUnlockView(tmp_path / "view.sqlite")
+        def make(instance: str):
+            return SqliteUnlockView(tmp_path / "view.sqlite", instance)
     else:
-        from latchkit.scylla import ScyllaSettings
         from services.access.adapters.scylla_view import ScyllaUnlockView, apply_schema
 
-        settings = ScyllaSettings.from_env()
-        settings = settings.with_keyspace(f"lk_test_{uuid.uuid4().hex[:8]}")
+        settings = request.getfixturevalue("cql_settings").with_keyspace(f"lk_test_{uuid.uuid4().hex[:8]}")
         await apply_schema(settings, replication_factor=1)
-        store = ScyllaUnlockView(settings)
-    await store.open()
-    yield store
-    await store.close()
+
+        def make(instance: str):
+            return ScyllaUnlockView(settings, instance)
+
+    opened = []
+
+    async def open_one(instance: str = "a"):
+        store = make(instance)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def view(open_view):
+    return await open_view("a")
 
 
 def ids() -> tuple[str, str]:
@@ -52,9 +68,35 @@ async def test_higher_version_wins_in_any_order(view):
 async def test_lower_or_equal_version_never_overwrites_and_replay_is_harmless(view):
     door, user = ids()
     await view.apply(ViewBatch(pairs=[PairRow(door, user, 5, b"five")]))
+    # A lower version loses; at version 5, "other" and "five" tie and the greater bytes win.
     await view.apply(ViewBatch(pairs=[PairRow(door, user, 4, b"four"), PairRow(door, user, 5, b"other")]))
+    # Replaying the losing write changes nothing.
     await view.apply(ViewBatch(pairs=[PairRow(door, user, 5, b"five")]))
-    assert await view.get_pair(door, user) == PairRow(door, user, 5, b"five")
+    assert await view.get_pair(door, user) == PairRow(door, user, 5, b"other")
+
+
+@pytest.mark.parametrize("revoke_first", [False, True])
+async def test_at_an_equal_version_the_revoke_wins_in_either_order(view, revoke_first):
+    door, user = ids()
+    writes = [PairRow(door, user, 6, b"granted"), PairRow(door, user, 6, b"")]
+    if revoke_first:
+        writes.reverse()
+    # The grant and the revoke carry one version; whichever arrives last, the revoke stays.
+    for row in writes:
+        await view.apply(ViewBatch(pairs=[row]))
+    assert await view.get_pair(door, user) == PairRow(door, user, 6, b"")
+
+
+@pytest.mark.parametrize("revoke_first", [False, True])
+async def test_at_an_equal_version_the_revoked_credential_wins_in_either_order(view, revoke_first):
+    cred, user = ids()
+    secret = uuid.uuid4().bytes * 2
+    writes = [CredentialRow(cred, user, 1, secret, False, 4), CredentialRow(cred, user, 1, secret, True, 4)]
+    if revoke_first:
+        writes.reverse()
+    for row in writes:
+        await view.apply(ViewBatch(credentials=[row]))
+    assert await view.get_credential(1, secret) == CredentialRow(cred, user, 1, secret, True, 4)
 
 
 async def test_revoke_is_a_versioned_tombstone(view):
@@ -95,3 +137,33 @@ async def test_progress_is_recorded_with_the_batch(view):
     # The watermark never goes back.
     await view.apply(ViewBatch(watermark=watermark + 1, partial={}))
     assert await view.watermark() == watermark + 3
+
+
+async def test_a_stale_or_lower_batch_never_regresses_progress(open_view):
+    view = await open_view("a")
+    # Progress before a restart: revision 5 has events 0 and 1 of 3 applied.
+    await view.apply(ViewBatch(watermark=3, partial={5: (3, [0, 1])}))
+    # After the restart, a stale batch at the same watermark (from before the one above, landing
+    # after it) loses nothing.
+    restarted = await open_view("a")
+    await restarted.apply(ViewBatch(watermark=3, partial={5: (3, [0])}))
+    assert await view.progress() == (3, {5: (3, [0, 1])})
+    # A batch with a lower watermark moves neither the watermark nor the partial revisions back.
+    await view.apply(ViewBatch(watermark=1, partial={2: (1, [0])}))
+    assert await view.progress() == (3, {5: (3, [0, 1])})
+    # Progress goes on: revision 4 done and 5 completed, so the watermark passes both.
+    await view.apply(ViewBatch(watermark=5, partial={7: (2, [1])}))
+    assert await view.progress() == (5, {7: (2, [1])})
+
+
+async def test_each_instance_has_its_own_progress(open_view):
+    first, second = await open_view("access-0"), await open_view("access-1")
+    await first.apply(ViewBatch(watermark=9, partial={11: (2, [0])}))
+    await second.apply(ViewBatch(watermark=4, partial={6: (3, [2])}))
+    # One instance's progress, lower or higher, leaves the other's as it was.
+    assert await first.progress() == (9, {11: (2, [0])})
+    assert await second.progress() == (4, {6: (3, [2])})
+    # The rows themselves are shared: what one instance applies, the other reads.
+    door, user = ids()
+    await first.apply(ViewBatch(pairs=[PairRow(door, user, 9, b"granted")], watermark=9))
+    assert await second.get_pair(door, user) == PairRow(door, user, 9, b"granted")

@@ -1,50 +1,85 @@
-"""The unlock view on ScyllaDB: prepared once, LOCAL_QUORUM, versions as write timestamps."""
+"""The unlock view on ScyllaDB: prepared once, LOCAL_QUORUM, versions as write timestamps.
+
+Every write carries USING TIMESTAMP, so replicas resolve concurrent and
+replayed writes by themselves, with no read before write and no LWT:
+
+- `pairs`, `credentials_by_secret`: timestamp (version << 1) | deny. The
+  higher version wins; at an equal version the revoke (empty payload, revoked
+  credential) wins, and between two grants CQL keeps the greater value, the
+  same rule as the embedded view. WRITETIME >> 1 is the version.
+- `progress_by_instance`: timestamp = the revision a write is about (see
+  cql/002_progress_by_instance.cql), so the watermark only grows and the
+  partial revisions only gain indices.
+
+Rows are read page by page through `latchkit.scylla.pages`; nothing iterates
+a ResultSet (that would fetch the next page synchronously, on the event loop).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 from latchkit import cql
-from latchkit.scylla import ScyllaSettings, connect, execute
+from latchkit.scylla import ScyllaSettings, connect, execute, pages
 from services.access.ports import CredentialRow, PairRow, ViewBatch
 
 CQL_DIR = Path(__file__).resolve().parent.parent / "cql"
+MAX_VERSION = (1 << 62) - 1
+"""(version << 1) | 1 must fit a signed 64-bit timestamp. Versions are permissions revisions (one per
+committed transaction): a million a second would take about 146,000 years to get there."""
 
 
 async def apply_schema(settings: ScyllaSettings, replication_factor: int = 3) -> list[str]:
     return await asyncio.to_thread(cql.apply_files, CQL_DIR, settings, rf=replication_factor)
 
 
+def stamp(version: int, deny: bool) -> int:
+    if not 0 <= version <= MAX_VERSION:
+        raise ValueError(f"version {version} outside 0..2^62-1")
+    return (version << 1) | int(deny)
+
+
 class ScyllaUnlockView:
-    def __init__(self, settings: ScyllaSettings) -> None:
+    def __init__(self, settings: ScyllaSettings, instance: str = "local") -> None:
         self.settings = settings
+        self.instance = instance
+        """Whose progress this view records and reads (LATCHKEY_ACCESS_INSTANCE); the rows are shared."""
         self.cluster = None
         self.session = None
         self._stmts: dict = {}
+        self._sent: dict[int, set[int]] = {}  # partial indices already written, so each round sends only news
+        self._cleared = 0  # finished revisions up to here are already range-deleted
 
     async def open(self) -> None:
         self.cluster, self.session = await asyncio.to_thread(connect, self.settings)
         ks = self.settings.keyspace
-        prepare = self.session.prepare
-        self._stmts = {
-            "put_pair": prepare(f"UPDATE {ks}.pairs USING TIMESTAMP ? SET payload = ? "
-                                "WHERE door_id = ? AND user_id = ?"),
-            "get_pair": prepare(f"SELECT payload, WRITETIME(payload) FROM {ks}.pairs WHERE door_id = ? AND user_id = ?"),
-            "put_cred": prepare(f"UPDATE {ks}.credentials_by_secret USING TIMESTAMP ? SET user_id = ?, revoked = ? "
-                                "WHERE kind = ? AND secret_hash = ? AND credential_id = ?"),
-            "get_cred": prepare(f"SELECT credential_id, user_id, revoked, WRITETIME(revoked) "
-                                f"FROM {ks}.credentials_by_secret WHERE kind = ? AND secret_hash = ?"),
-            "put_progress": prepare(f"UPDATE {ks}.progress USING TIMESTAMP ? SET watermark = ?, partial = ? "
-                                    "WHERE id = 1"),
-            "get_progress": prepare(f"SELECT watermark, partial FROM {ks}.progress WHERE id = 1"),
-            "all_pairs": prepare(f"SELECT door_id, user_id, payload, WRITETIME(payload) FROM {ks}.pairs"),
+        cqls = {
+            "put_pair": f"UPDATE {ks}.pairs USING TIMESTAMP ? SET payload = ? WHERE door_id = ? AND user_id = ?",
+            "get_pair": f"SELECT payload, WRITETIME(payload) FROM {ks}.pairs WHERE door_id = ? AND user_id = ?",
+            "put_cred": f"UPDATE {ks}.credentials_by_secret USING TIMESTAMP ? SET user_id = ?, revoked = ? "
+                        "WHERE kind = ? AND secret_hash = ? AND credential_id = ?",
+            "get_cred": f"SELECT credential_id, user_id, revoked, WRITETIME(revoked) "
+                        f"FROM {ks}.credentials_by_secret WHERE kind = ? AND secret_hash = ?",
+            "put_watermark": f"UPDATE {ks}.progress_by_instance USING TIMESTAMP ? SET watermark = ? "
+                             "WHERE instance = ?",
+            "put_partial": f"UPDATE {ks}.progress_by_instance USING TIMESTAMP ? SET total = ?, seen = seen + ? "
+                           "WHERE instance = ? AND revision = ?",
+            "clear_partial": f"DELETE FROM {ks}.progress_by_instance USING TIMESTAMP ? "
+                             "WHERE instance = ? AND revision <= ?",
+            "get_progress": f"SELECT watermark, revision, total, seen FROM {ks}.progress_by_instance "
+                            "WHERE instance = ?",
+            "get_watermark": f"SELECT watermark FROM {ks}.progress_by_instance WHERE instance = ? LIMIT 1",
+            "get_legacy_progress": f"SELECT watermark, partial FROM {ks}.progress WHERE id = 1",
+            "all_pairs": f"SELECT door_id, user_id, payload, WRITETIME(payload) FROM {ks}.pairs",
         }
-        for name in ("put_pair", "put_cred", "put_progress", "get_pair", "get_cred", "get_progress"):
-            # Same timestamp, same value: a retried write or read can never do harm.
-            self._stmts[name].is_idempotent = True
+        prepared = await asyncio.gather(*(asyncio.to_thread(self.session.prepare, text) for text in cqls.values()))
+        self._stmts = dict(zip(cqls, prepared, strict=True))
+        for statement in self._stmts.values():
+            # Every write carries its own timestamp and a set add is a union: a retried
+            # statement (read or write) lands exactly as the first attempt would have.
+            statement.is_idempotent = True
 
     async def close(self) -> None:
         if self.cluster is not None:
@@ -53,45 +88,74 @@ class ScyllaUnlockView:
 
     async def apply(self, batch: ViewBatch) -> None:
         s = self._stmts
-        writes = [execute(self.session, s["put_pair"], (p.version, p.payload, p.door_id, p.user_id))
+        # Every timestamp first: a version out of range fails the batch before anything is sent.
+        writes = [(s["put_pair"], (stamp(p.version, not p.payload), p.payload, p.door_id, p.user_id))
                   for p in batch.pairs]
-        writes += [execute(self.session, s["put_cred"], (c.version, c.user_id, c.revoked, c.kind, c.secret_hash,
-                                                         c.credential_id)) for c in batch.credentials]
-        await asyncio.gather(*writes)
-        # The watermark only grows: it is the high part of the write timestamp (a lower
-        # watermark always loses); the low 20 bits order writes at the same watermark.
-        partial = json.dumps({str(k): v for k, v in batch.partial.items()})
-        stamp = (batch.watermark << 20) | (time.time_ns() // 1000 & 0xFFFFF)
-        await execute(self.session, s["put_progress"], (stamp, batch.watermark, partial))
+        writes += [(s["put_cred"], (stamp(c.version, c.revoked), c.user_id, c.revoked, c.kind, c.secret_hash,
+                                    c.credential_id)) for c in batch.credentials]
+        await asyncio.gather(*(execute(self.session, statement, params) for statement, params in writes))
+        await self._record_progress(batch)
+
+    async def _record_progress(self, batch: ViewBatch) -> None:
+        """After the rows: progress never claims a row that is not written yet."""
+        from cassandra.query import BatchStatement, BatchType
+
+        s = self._stmts
+        # One partition: an unlogged batch of it is applied atomically, and without the batch log.
+        progress = BatchStatement(batch_type=BatchType.UNLOGGED)
+        progress.is_idempotent = True
+        progress.add(s["put_watermark"], (batch.watermark, batch.watermark, self.instance))
+        news = {}
+        for revision, (total, seen) in batch.partial.items():
+            new = set(seen) - self._sent.get(revision, set())
+            if revision > batch.watermark and new:
+                news[revision] = new
+                progress.add(s["put_partial"], (revision, total, new, self.instance, revision))
+        if batch.watermark > self._cleared:
+            progress.add(s["clear_partial"], (batch.watermark, self.instance, batch.watermark))
+        await execute(self.session, progress)
+        for revision, new in news.items():
+            self._sent.setdefault(revision, set()).update(new)
+        self._cleared = max(self._cleared, batch.watermark)
+        self._sent = {r: seen for r, seen in self._sent.items() if r > self._cleared}
 
     async def get_pair(self, door_id: str, user_id: str) -> PairRow | None:
         rows = await execute(self.session, self._stmts["get_pair"], (door_id, user_id))
         if not rows:
             return None
-        payload, version = rows[0]
-        return PairRow(door_id, user_id, version, payload or b"")
+        payload, written = rows[0]
+        return PairRow(door_id, user_id, written >> 1, payload or b"")
 
     async def get_credential(self, kind: int, secret_hash: bytes) -> CredentialRow | None:
         rows = await execute(self.session, self._stmts["get_cred"], (kind, secret_hash))
         if not rows:
             return None
-        best = sorted(rows, key=lambda r: (r[2], -r[3]))[0]
-        return CredentialRow(best[0], best[1], kind, secret_hash, bool(best[2]), best[3])
+        best = max(rows, key=lambda r: (not r[2], r[3] >> 1, r[0]))
+        return CredentialRow(best[0], best[1], kind, secret_hash, bool(best[2]), best[3] >> 1)
 
     async def progress(self) -> tuple[int, dict[int, tuple[int, list[int]]]]:
-        rows = await execute(self.session, self._stmts["get_progress"])
+        rows = await execute(self.session, self._stmts["get_progress"], (self.instance,))
+        if not rows:
+            return await self._legacy_progress()
+        watermark = rows[0][0] or 0
+        # A revision at or below the watermark may be read before its range delete lands: it is finished.
+        return watermark, {r[1]: (r[2], sorted(r[3] or ())) for r in rows if r[1] is not None and r[1] > watermark}
+
+    async def _legacy_progress(self) -> tuple[int, dict[int, tuple[int, list[int]]]]:
+        """The single progress row shared by every instance before progress was kept per instance."""
+        rows = await execute(self.session, self._stmts["get_legacy_progress"])
         if not rows:
             return 0, {}
         watermark, partial = rows[0]
-        return watermark or 0, {int(k): (v[0], list(v[1])) for k, v in json.loads(partial or "{}").items()}
+        return watermark or 0, {int(k): (v[0], sorted(v[1])) for k, v in json.loads(partial or "{}").items()}
 
     async def watermark(self) -> int:
-        return (await self.progress())[0]
+        """Polled by the worker processes: the static cell alone, not the partial revisions."""
+        rows = await execute(self.session, self._stmts["get_watermark"], (self.instance,))
+        return (rows[0][0] or 0) if rows else (await self._legacy_progress())[0]
 
     async def all_pairs(self) -> list[PairRow]:
-        from latchkit.scylla import pages
-
         result = []
         async for page in pages(self.session, self._stmts["all_pairs"]):
-            result += [PairRow(r[0], r[1], r[3], r[2] or b"") for r in page]
+            result += [PairRow(r[0], r[1], r[3] >> 1, r[2] or b"") for r in page]
         return result

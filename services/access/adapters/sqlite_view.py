@@ -3,8 +3,10 @@
 Readers (every worker process) and the one projector share the file; WAL lets
 reads proceed during a write. Point reads take tens of microseconds, so they
 run on the event loop; the projector's batched, fsynced writes run in a
-thread. Versions are compared in SQL (`WHERE excluded.version > version`), so
-a lower version can never overwrite a higher one whatever the order.
+thread. Rows are compared in SQL by (version, deny, value): a lower version
+never overwrites a higher one, at an equal version the revoke wins, then the
+greater bytes, so the result is the same whatever the order (the rule CQL's
+equal-timestamp resolution gives the ScyllaDB view).
 """
 
 from __future__ import annotations
@@ -25,15 +27,36 @@ CREATE TABLE IF NOT EXISTS credentials (
     credential_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, kind INTEGER NOT NULL, secret_hash BLOB NOT NULL,
     revoked INTEGER NOT NULL, version INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_credentials_secret ON credentials (kind, secret_hash);
-CREATE TABLE IF NOT EXISTS progress (id INTEGER PRIMARY KEY CHECK (id = 1), watermark INTEGER NOT NULL,
-    partial TEXT NOT NULL);
-INSERT OR IGNORE INTO progress VALUES (1, 0, '{}');
+CREATE TABLE IF NOT EXISTS progress_by_instance (instance TEXT PRIMARY KEY, watermark INTEGER NOT NULL,
+    partial TEXT NOT NULL) WITHOUT ROWID;
 """
+LEGACY_PROGRESS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'progress'"
+"""Before progress was kept per instance: one row (id = 1); an instance with no progress starts from it."""
+
+PartialProgress = dict[int, tuple[int, list[int]]]
+
+
+def merge_progress(stored: tuple[int, PartialProgress], batch: ViewBatch) -> tuple[int, PartialProgress]:
+    """The greater watermark, and every index either side has seen of the revisions above it."""
+    watermark = max(stored[0], batch.watermark)
+    merged: dict[int, tuple[int, set[int]]] = {}
+    for partial in (stored[1], batch.partial):
+        for revision, (total, seen) in partial.items():
+            if revision > watermark:
+                known = merged.setdefault(revision, (total, set()))
+                merged[revision] = (max(known[0], total), known[1] | set(seen))
+    return watermark, {r: (total, sorted(seen)) for r, (total, seen) in merged.items()}
+
+
+def _decode(partial: str) -> PartialProgress:
+    return {int(k): (v[0], list(v[1])) for k, v in json.loads(partial).items()}
 
 
 class SqliteUnlockView:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, instance: str = "local") -> None:
         self.path = path
+        self.instance = instance
+        """Whose progress this view records and reads."""
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()
@@ -48,6 +71,9 @@ class SqliteUnlockView:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         writer = self._connect()
         writer.executescript(SCHEMA)
+        if writer.execute(LEGACY_PROGRESS).fetchone():
+            writer.execute("INSERT OR IGNORE INTO progress_by_instance SELECT ?, watermark, partial FROM progress "
+                           "WHERE id = 1", (self.instance,))
         self._writer = writer
         self._reader = self._connect()
 
@@ -74,17 +100,22 @@ class SqliteUnlockView:
             try:
                 conn.executemany(
                     "INSERT INTO pairs VALUES (?, ?, ?, ?) ON CONFLICT (door_id, user_id) DO UPDATE SET "
-                    "version = excluded.version, payload = excluded.payload WHERE excluded.version > pairs.version",
+                    "version = excluded.version, payload = excluded.payload "
+                    "WHERE (excluded.version, length(excluded.payload) = 0, excluded.payload) "
+                    "> (pairs.version, length(pairs.payload) = 0, pairs.payload)",
                     [(p.door_id, p.user_id, p.version, p.payload) for p in batch.pairs])
                 conn.executemany(
                     "INSERT INTO credentials VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (credential_id) DO UPDATE SET "
                     "user_id = excluded.user_id, kind = excluded.kind, secret_hash = excluded.secret_hash, "
                     "revoked = excluded.revoked, version = excluded.version "
-                    "WHERE excluded.version > credentials.version",
+                    "WHERE (excluded.version, excluded.revoked, excluded.user_id, excluded.kind, excluded.secret_hash) "
+                    "> (credentials.version, credentials.revoked, credentials.user_id, credentials.kind, "
+                    "credentials.secret_hash)",
                     [(c.credential_id, c.user_id, c.kind, c.secret_hash, int(c.revoked), c.version)
                      for c in batch.credentials])
-                conn.execute("UPDATE progress SET watermark = max(watermark, ?), partial = ? WHERE id = 1",
-                             (batch.watermark, json.dumps({str(k): v for k, v in batch.partial.items()})))
+                watermark, partial = merge_progress(self._progress(conn), batch)
+                conn.execute("INSERT OR REPLACE INTO progress_by_instance VALUES (?, ?, ?)",
+                             (self.instance, watermark, json.dumps({str(k): v for k, v in partial.items()})))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -98,18 +129,23 @@ class SqliteUnlockView:
     async def get_credential(self, kind: int, secret_hash: bytes) -> CredentialRow | None:
         row = self._reader_conn().execute(
             "SELECT credential_id, user_id, revoked, version FROM credentials WHERE kind = ? AND secret_hash = ? "
-            "ORDER BY revoked ASC, version DESC LIMIT 1", (kind, secret_hash)).fetchone()
+            "ORDER BY revoked ASC, version DESC, credential_id DESC LIMIT 1", (kind, secret_hash)).fetchone()
         if row is None:
             return None
         return CredentialRow(row[0], row[1], kind, secret_hash, bool(row[2]), row[3])
 
-    async def progress(self) -> tuple[int, dict[int, tuple[int, list[int]]]]:
-        watermark, partial = self._reader_conn().execute(
-            "SELECT watermark, partial FROM progress WHERE id = 1").fetchone()
-        return watermark, {int(k): (v[0], list(v[1])) for k, v in json.loads(partial).items()}
+    def _progress(self, conn: sqlite3.Connection) -> tuple[int, PartialProgress]:
+        row = conn.execute("SELECT watermark, partial FROM progress_by_instance WHERE instance = ?",
+                           (self.instance,)).fetchone()
+        return (row[0], _decode(row[1])) if row else (0, {})
+
+    async def progress(self) -> tuple[int, PartialProgress]:
+        return self._progress(self._reader_conn())
 
     async def watermark(self) -> int:
-        return self._reader_conn().execute("SELECT watermark FROM progress WHERE id = 1").fetchone()[0]
+        row = self._reader_conn().execute("SELECT watermark FROM progress_by_instance WHERE instance = ?",
+                                          (self.instance,)).fetchone()
+        return row[0] if row else 0
 
     async def all_pairs(self) -> list[PairRow]:
         rows = self._reader_conn().execute("SELECT door_id, user_id, version, payload FROM pairs").fetchall()
