@@ -14,7 +14,8 @@ from rich.console import Console
 
 from latchkit import settings as lk_settings
 
-app = typer.Typer(help="Latchkey: access-control backend.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Latchkey: access-control backend. Exit codes: see `latchkit/cli_errors.py`.",
+                  no_args_is_help=True)
 console = Console()
 
 certs_app = typer.Typer(help="Development CA and mTLS certificates.", no_args_is_help=True)
@@ -48,11 +49,31 @@ def certs_issue(
     """Issue a certificate for spiffe://latchkey/<kind>/<name> from the dev CA."""
     from latchkit import certs
 
+    _check_identity(kind, name)
     try:
         cert = certs.issue(_certs_dir(), out or _certs_dir(), kind, name, days=days)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     console.print(f"{cert.uri}\n  cert: {cert.cert_file}\n  key:  {cert.key_file}")
+
+
+KNOWN_NAMES = {"role": ("admin", "auditor"), "service": ("permissions", "access", "audit")}
+
+
+def _check_identity(kind: str, name: str) -> None:
+    """Refuse identities no server would ever accept (latchkit/authz.py): they can only mislead."""
+    import uuid
+
+    if kind == "door":
+        try:
+            uuid.UUID(name)
+        except ValueError:
+            raise typer.BadParameter(f"{name!r} is not a door id: door ids are UUIDs, as CreateDoor returns them",
+                                     param_hint="NAME") from None
+    elif kind in KNOWN_NAMES and name not in KNOWN_NAMES[kind]:
+        raise typer.BadParameter(f"no {kind} {name!r}; use one of {', '.join(KNOWN_NAMES[kind])}", param_hint="NAME")
+    elif kind not in ("door", *KNOWN_NAMES):
+        raise typer.BadParameter(f"{kind!r} is not an identity kind; use door, role or service", param_hint="KIND")
 
 
 @certs_app.command("revoke")
@@ -63,7 +84,12 @@ def certs_revoke(
     """Refuse a certificate from now on (servers re-read the list without a restart)."""
     from latchkit.revocation import REVOKED
 
-    serial = REVOKED.revoke(cert_file.read_bytes(), note)
+    if not cert_file.is_file():
+        raise typer.BadParameter(f"{cert_file} is not a file", param_hint="CERT_FILE")
+    try:
+        serial = REVOKED.revoke(cert_file.read_bytes(), note)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{cert_file} is not a PEM certificate ({exc})", param_hint="CERT_FILE") from None
     console.print(f"revoked serial {serial:x} in {REVOKED.path}")
 
 
@@ -99,9 +125,40 @@ def stack_down() -> None:
 
 @stack_app.command("status")
 def stack_status() -> None:
-    """Show each component: running or not, pid, port."""
-    for name, info in _stack().status().items():
-        console.print(f"{name:10} {info}")
+    """Show each component: running or not, its port and pid (exit 1 if any enabled one is down)."""
+    from rich.table import Table
+
+    stack = _stack()
+    table = Table(title=f"local stack in {stack.state_dir}")
+    for column in ("component", "state", "port", "pid"):
+        table.add_column(column)
+    down = False
+    for name, info in stack.status().items():
+        if not info.get("enabled", True):
+            table.add_row(name, "off (latchkey stack up --cql turns it on)", str(info["port"]), "")
+            continue
+        down |= not info["running"]
+        table.add_row(name, "running" if info["running"] else "[red]stopped[/red]", str(info["port"]),
+                      str(info.get("pid") or ""))
+    console.print(table)
+    raise typer.Exit(1 if down else 0)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"latchkey {version('latchkey')}")
+        except PackageNotFoundError:
+            console.print("latchkey (not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(_version_flag: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                             help="print the version and exit")) -> None:
+    """Latchkey: access-control backend."""
 
 
 @app.command("migrate")
@@ -123,8 +180,12 @@ def run() -> None:
 @app.command("health")
 def health_cmd(only: str = typer.Option("", help="check just this service (permissions, access, audit)")) -> None:
     """Check the services' gRPC health over mTLS (exit 1 unless SERVING); also the Kubernetes probe."""
+    from latchkit import endpoints
     from latchkit.run import check_health
 
+    names = [e.service for e in endpoints.ALL]
+    if only and only not in names:
+        raise typer.BadParameter(f"{only!r} is not a service; use one of {', '.join(names)}", param_hint="--only")
     ok = check_health(console, only=only)
     raise typer.Exit(0 if ok else 1)
 
@@ -146,5 +207,7 @@ def _service_commands() -> None:
 
 
 def main() -> None:
+    from latchkit import cli_errors
+
     _service_commands()
-    app()
+    cli_errors.run(app)

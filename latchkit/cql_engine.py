@@ -87,6 +87,9 @@ class CqlEngine:
             # A single node: no gossip to settle, no ring to wait for.
             "-Dcassandra.skip_wait_for_gossip_to_settle=0", "-Dcassandra.ring_delay_ms=100",
             "-Dcassandra.initial_token=0", "-Dcassandra-foreground=yes",
+            # System tables unflushed: schema changes (a keyspace per test) take milliseconds, not
+            # seconds of fsync. Only for a throwaway engine: a crash can lose its schema.
+            "-Dcassandra.unsafesystem=true",
             "-cp", f"{JARS_DIR}/*", "org.apache.cassandra.service.CassandraDaemon",
         ]
 

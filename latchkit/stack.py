@@ -225,12 +225,25 @@ class Stack:
     def status(self) -> dict[str, dict]:
         p = self.ports
         return {
-            "postgres": {"port": p.postgres, "running": self._postgres_running()},
-            "redis": {"port": p.redis, "running": self._pidfile_alive("redis") and _port_open(p.redis)},
-            "nats": {"port": p.nats, "running": self._pidfile_alive("nats") and _port_open(p.nats)},
+            "postgres": {"port": p.postgres, "running": self._postgres_running(), "pid": self._postgres_pid()},
+            "redis": {"port": p.redis, "running": self._pidfile_alive("redis") and _port_open(p.redis),
+                      "pid": self._pidfile_pid("redis")},
+            "nats": {"port": p.nats, "running": self._pidfile_alive("nats") and _port_open(p.nats),
+                     "pid": self._pidfile_pid("nats")},
             "cql": {"port": p.cql, "running": self.cql_engine.pid() is not None and _port_open(p.cql),
-                    "enabled": self.cql_enabled},
+                    "pid": self.cql_engine.pid(), "enabled": self.cql_enabled},
         }
+
+    def _pidfile_pid(self, name: str) -> int | None:
+        return int(self._pidfile(name).read_text()) if self._pidfile_alive(name) else None
+
+    def _postgres_pid(self) -> int | None:
+        """The postmaster's pid (first line of postmaster.pid), if it runs."""
+        try:
+            pid = int((self._pgdata / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _pid_alive(pid) else None
 
     # ---- PostgreSQL --------------------------------------------------------
     @property
@@ -294,7 +307,10 @@ class Stack:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         if result.returncode != 0:
-            raise StackError(f"PostgreSQL failed to start: {result.stderr.strip()}\n(see {log})")
+            cause = [line for line in log.read_text(errors="replace").splitlines()[-20:]
+                     if "FATAL" in line or "could not" in line] if log.exists() else []
+            raise StackError(f"PostgreSQL failed to start on port {self.ports.postgres}: "
+                             f"{'; '.join(cause[-2:]) or result.stderr.strip()} (see {log})")
         self._ensure_database(bin_dir, sock)
 
     def _ensure_database(self, bin_dir: Path, sock: Path) -> None:

@@ -46,8 +46,12 @@ def _stop_stack() -> None:
 
 
 def pytest_collection_finish(session) -> None:
-    cql_tests = [item for item in session.items if CQL_FIXTURES & set(getattr(item, "fixturenames", ()))
-                 or CQL_PARAMS & set(getattr(getattr(item, "callspec", None), "params", {}).values())]
+    def on_cql(item) -> bool:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        return bool(CQL_FIXTURES & set(getattr(item, "fixturenames", ()))) or any(
+            isinstance(v, str) and v in CQL_PARAMS for v in params.values())
+
+    cql_tests = [item for item in session.items if on_cql(item)]
     if cql_tests:
         test_stack().cql_engine.start()  # boots in the background while other tests run
     session.config.stash[CQL_COUNT] = len(cql_tests)
