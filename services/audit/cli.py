@@ -32,15 +32,21 @@ def _stub():
     return channel, audit_pb2_grpc.AuditServiceStub(channel)
 
 
-def _ts(value: str | None, target) -> None:
+def _ts(value: str | None, target, option: str) -> None:
     if value:
-        when = dt.datetime.fromisoformat(value)
+        try:
+            when = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not an ISO 8601 time (e.g. 2026-11-29 or "
+                                     "2026-11-29T08:00:00+01:00)", param_hint=option) from None
         target.FromDatetime(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
 
 
 @app.command("migrate-cql")
 def migrate_cql(replication_factor: int = typer.Option(3, "--rf", help="replicas per data centre")) -> None:
-    """Apply the audit store's CQL files to LATCHKEY_SCYLLA_HOSTS (idempotent)."""
+    """Create the audit store's keyspace and tables on LATCHKEY_SCYLLA_HOSTS, or bring them in line with the
+    CQL files (replication, TTL, compaction); prints each change. On ScyllaDB the keyspace must not use
+    tablets (the single-writer fence uses lightweight transactions): it is created with tablets disabled."""
     from latchkit.scylla import ScyllaSettings
     from services.audit.adapters.scylla_store import apply_schema
     from services.audit.settings import AuditSettings
@@ -49,8 +55,15 @@ def migrate_cql(replication_factor: int = typer.Option(3, "--rf", help="replicas
     if not settings.hosts:
         raise typer.BadParameter("set LATCHKEY_SCYLLA_HOSTS to the cluster's contact points")
     retention = AuditSettings.from_env().retention_days
-    for name in asyncio.run(apply_schema(settings, replication_factor, retention)):
-        console.print(f"applied {name}")
+    try:
+        lines = asyncio.run(apply_schema(settings, replication_factor, retention))
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    if len(lines) == 1:
+        console.print(f"unchanged: keyspace {settings.keyspace} already matches the CQL files")
+    for line in lines:
+        console.print(line, soft_wrap=True, markup=False)
 
 
 @app.command("verify")
@@ -60,8 +73,8 @@ def verify(start: str = typer.Option(None, help="ISO time; default: the beginnin
     from latchkey.audit.v1 import audit_pb2
 
     request = audit_pb2.VerifyChainRequest()
-    _ts(start, request.start_time)
-    _ts(end, request.end_time)
+    _ts(start, request.start_time, "--start")
+    _ts(end, request.end_time, "--end")
     channel, stub = _stub()
     with channel:
         reply = stub.VerifyChain(request, timeout=600)
@@ -88,8 +101,8 @@ def export(out: Path = typer.Option(None, help="file to write; default: standard
     if fmt not in ("jsonl", "csv"):
         raise typer.BadParameter("--format must be jsonl or csv")
     request = audit_pb2.AuditLogRequest(door_id=door, user_id=user, event_types=event_type, max_batch=256)
-    _ts(start, request.start_time)
-    _ts(end, request.end_time)
+    _ts(start, request.start_time, "--start")
+    _ts(end, request.end_time, "--end")
     channel, stub = _stub()
     sink = open(out, "w", newline="") if out else sys.stdout  # noqa: SIM115 - closed below
     writer = csv.writer(sink) if fmt == "csv" else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 
 import grpc
 from latchkey.audit.v1 import audit_pb2, audit_pb2_grpc
@@ -96,6 +97,15 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         except ServiceError as exc:
             await abort(context, exc)
             return
+        try:
+            async with contextlib.aclosing(self._stream(request, query, after, batch)) as items:
+                async for item in items:
+                    yield item
+        except ServiceError as exc:
+            # The store's outage (UNAVAILABLE: retry from the last cursor), not an UNKNOWN.
+            await abort(context, exc)
+
+    async def _stream(self, request, query: AuditQuery, after: int, batch: int):
         while True:
             if request.follow and self.ingest is not None:
                 # Read the store's tail before reading, so nothing appended after the

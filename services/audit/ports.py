@@ -8,9 +8,23 @@ from typing import Protocol
 from services.audit.domain import AuditRecord, ChainBreak
 
 
+class AuditWriterFenced(Exception):
+    """A newer audit writer holds the store: this one must stop appending (and stop consuming).
+
+    Raised by `append` once another process has opened the same store for
+    writing (a rolling update, a split brain); every later `append` of this
+    store raises it too. Nothing this writer had stored is lost or overwritten.
+    """
+
+
 @dataclass(frozen=True)
 class AuditQuery:
-    """Empty fields match anything; times are microseconds since the epoch, [start, end)."""
+    """Empty fields match anything; times are microseconds since the epoch, [start, end).
+
+    The time range is on `source_time_us` (when the event happened), whatever
+    day it was stored: a decision spooled at a door and stored days later is
+    found by its own time, the same in every store.
+    """
 
     user_id: str = ""
     door_id: str = ""
@@ -20,7 +34,9 @@ class AuditQuery:
 
 
 class AuditStore(Protocol):
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Connect and become the store's one writer (a writer opened before is fenced out)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -29,7 +45,10 @@ class AuditStore(Protocol):
 
         With `stream`, also records (in the same write) that the stream has been
         consumed through `stream_seq`. Returns how many were new. Durable when it
-        returns (the caller acks then).
+        returns (the caller acks then). All or nothing as seen by readers: after a
+        failure (or a crash) none of the records is visible and the chain goes on
+        from the last successful append. Sequences only grow, whatever the clock
+        does. Raises `AuditWriterFenced` when a newer writer has taken the store.
         """
         ...
 
@@ -38,13 +57,24 @@ class AuditStore(Protocol):
         ...
 
     async def read(self, query: AuditQuery, after_seq: int, limit: int) -> list[AuditRecord]:
-        """Matching records with seq > after_seq, oldest first, at most `limit`."""
+        """Matching records with seq > after_seq, oldest first, at most `limit`.
+
+        Fewer than `limit` only when no more matching records are stored yet,
+        however many non-matching records lie between them.
+        """
         ...
 
-    async def last_seq(self) -> int: ...
+    async def last_seq(self) -> int:
+        """The seq of the newest record this store appended or found at `open` (0 if none)."""
+        ...
 
     async def verify(self, start_us: int, end_us: int) -> tuple[int, ChainBreak | None]:
-        """Recompute the chain over records stored in [start_us, end_us) (0 = open)."""
+        """Recompute the chain over records stored in [start_us, end_us) (0 = open): (checked, first break).
+
+        The first record of the range is checked against the record before it,
+        however long ago that was; records expired under a retention TTL are
+        not a break (the oldest surviving record is the anchor).
+        """
         ...
 
     async def park(self, stream: str, stream_seq: int, raw: bytes, error: str) -> None:
