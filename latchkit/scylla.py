@@ -40,6 +40,10 @@ class ScyllaSettings:
     tls_cert_file: Path | None = None
     """LATCHKEY_SCYLLA_TLS_CERT / _KEY: a client certificate, for clusters that require one."""
     tls_key_file: Path | None = None
+    tls_server_name: str = ""
+    """LATCHKEY_SCYLLA_TLS_SERVER_NAME: the name the cluster's certificate must carry. The driver
+    otherwise checks it against each node's IP address, which a certificate for a cluster whose
+    nodes come and go cannot list. Empty: each node's address."""
     request_timeout: float = 2.0
     """LATCHKEY_SCYLLA_REQUEST_TIMEOUT_SECONDS: one request's client-side timeout (default 2)."""
 
@@ -64,6 +68,7 @@ class ScyllaSettings:
             tls_ca_file=path("LATCHKEY_SCYLLA_TLS_CA"),
             tls_cert_file=path("LATCHKEY_SCYLLA_TLS_CERT"),
             tls_key_file=path("LATCHKEY_SCYLLA_TLS_KEY"),
+            tls_server_name=env_str("LATCHKEY_SCYLLA_TLS_SERVER_NAME", ""),
             request_timeout=float(env_str("LATCHKEY_SCYLLA_REQUEST_TIMEOUT_SECONDS", "2")),
         )
         if bool(settings.username) != bool(settings.password):
@@ -133,8 +138,9 @@ def connect(settings: ScyllaSettings):
         consistency_level=ConsistencyLevel.LOCAL_QUORUM, request_timeout=settings.request_timeout,
     )
     auth = PlainTextAuthProvider(settings.username, settings.password) if settings.username else None
+    ssl_options = {"server_hostname": settings.tls_server_name} if settings.tls_server_name else None
     cluster = Cluster(list(settings.hosts), port=settings.port, protocol_version=PROTOCOL_VERSION,
-                      auth_provider=auth, ssl_context=_ssl_context(settings),
+                      auth_provider=auth, ssl_context=_ssl_context(settings), ssl_options=ssl_options,
                       execution_profiles={EXEC_PROFILE_DEFAULT: profile})
     return cluster, cluster.connect()
 

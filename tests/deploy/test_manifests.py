@@ -63,7 +63,7 @@ DEFAULTED = {
     "LATCHKEY_ACCESS_CACHE_TTL_SECONDS": "default 300 s",
     "LATCHKEY_ACCESS_NEGATIVE_TTL_SECONDS": "default 30 s",
     "LATCHKEY_ACCESS_LOCAL_CACHE_ENTRIES": "tuning; default 200,000 entries per process",
-    "LATCHKEY_ACCESS_MIN_REVISION_WAIT_SECONDS": "default 2 s",
+    "LATCHKEY_ACCESS_MIN_REVISION_WAIT_SECONDS": "default 1 s (never past the caller's deadline)",
     "LATCHKEY_ACCESS_REDIS_LEASE_SECONDS": "default 1 s",
     "LATCHKEY_ACCESS_MAX_DEADLINE_SECONDS": "default 30 s",
     "LATCHKEY_ACCESS_THROTTLE_WINDOW_SECONDS": "default 60 s",
@@ -71,6 +71,19 @@ DEFAULTED = {
     "LATCHKEY_ACCESS_THROTTLE_DOOR_DENIALS": "default 100",
     "LATCHKEY_ACCESS_DECISION_LINGER_SECONDS": "tuning; default 0.02 s (a crash loses at most this much)",
     "LATCHKEY_AUDIT_INGEST_BATCH": "tuning; default 512",
+    "LATCHKEY_ACCESS_PARENT_PID": "set by the access service itself for the worker processes it starts",
+    "LATCHKEY_ACCESS_DECISION_DURABILITY": "default acked: Unlock answers only once its decision is acknowledged "
+                                           "by JetStream or fsynced in the spool",
+    "LATCHKEY_ACCESS_PROJECTOR_STALL_SECONDS": "default 10 s before a stalled projector is restarted",
+    "LATCHKEY_SCYLLA_REQUEST_TIMEOUT_SECONDS": "default 2 s per CQL request",
+    "LATCHKEY_SCYLLA_REPLICATION_FACTOR": "only for `latchkey migrate` in development; production applies the CQL "
+                                          "schemas with the migrate-cql Job (`migrate-cql --rf 3`)",
+    "LATCHKEY_SCYLLA_TLS_CERT": "the cluster requires no client certificate: CQL clients authenticate with a password",
+    "LATCHKEY_SCYLLA_TLS_KEY": "the cluster requires no client certificate: CQL clients authenticate with a password",
+    # Single-node has no CQL store to log in to; in production every pod that speaks CQL must have both,
+    # from a Secret (test_production_cql_is_encrypted_and_authenticated).
+    "LATCHKEY_SCYLLA_USERNAME": "single-node has no CQL store; production: from the Secret latchkey-scylla-auth",
+    "LATCHKEY_SCYLLA_PASSWORD": "single-node has no CQL store; production: from the Secret latchkey-scylla-auth",
 }
 
 
@@ -271,15 +284,19 @@ def test_production_data_tier():
     assert len(scylla["spec"]["datacenter"]["racks"]) == 3
     assert config["LATCHKEY_SCYLLA_LOCAL_DC"] == scylla["spec"]["datacenter"]["name"]
     assert config["LATCHKEY_SCYLLA_HOSTS"] == f"{scylla['metadata']['name']}-client"
-    migrate_cql = find(docs, "Job", "migrate-cql")["spec"]["template"]["spec"]["containers"][0]
-    assert "--rf 3" in " ".join(migrate_cql["command"])
+    migrate_cql = " ".join(find(docs, "Job", "migrate-cql")["spec"]["template"]["spec"]["containers"][0]["command"])
+    assert "--rf 3" in migrate_cql
+    # The audit migration creates the shared keyspace, as a vnode keyspace (its fence needs LWT).
+    assert migrate_cql.index("latchkey audit migrate-cql") < migrate_cql.index("latchkey access migrate-cql")
     postgres = next(d for d in docs if d["kind"] == "Cluster")
     assert postgres["apiVersion"] == "postgresql.cnpg.io/v1" and postgres["spec"]["instances"] == 3
     assert postgres["spec"]["postgresql"]["synchronous"]["number"] >= 1
     dsn = container_env(docs, service_container(docs, "permissions"))["LATCHKEY_POSTGRES_DSN"]
     assert dsn == {"secretKeyRef": {"name": f"{postgres['metadata']['name']}-app", "key": "uri"}}
-    certs = {d["metadata"]["name"]: d["spec"]["uris"] for d in docs if d["kind"] == "Certificate"}
-    assert certs == {f"latchkey-{s}": [f"spiffe://latchkey/service/{s}"] for s in SERVICES}
+    certs = {d["metadata"]["name"]: d["spec"].get("uris") for d in docs if d["kind"] == "Certificate"}
+    # The services' identities, and ScyllaDB's serving certificate, which is no identity.
+    assert certs == {**{f"latchkey-{s}": [f"spiffe://latchkey/service/{s}"] for s in SERVICES},
+                     "latchkey-scylla": None}
     nats_conf = find(docs, "ConfigMap", "nats-config")["data"]["nats.conf"]
     assert "sync_interval: always" in nats_conf
     assert find(docs, "StatefulSet", "nats")["spec"]["replicas"] == 3
@@ -298,3 +315,80 @@ def test_production_data_tier():
     assert access["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
     mounts = {m["name"]: m["mountPath"] for m in access["template"]["spec"]["containers"][0]["volumeMounts"]}
     assert mounts["state"] == "/var/lib/latchkey"
+
+
+def pod_specs(docs: list[dict]):
+    """(name, pod spec) of every workload that runs the image, Jobs and CronJobs included."""
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet", "Job", "CronJob"):
+            continue
+        spec = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+        pod = spec["template"]["spec"]
+        if pod["containers"][0]["image"].startswith("ghcr.io/latchkey/"):
+            yield doc["metadata"]["name"], pod
+
+
+def speaks_cql(container: dict) -> bool:
+    """The access and audit services and their `latchkey access|audit ...` commands; nothing else."""
+    args = container.get("args") or []
+    command = " ".join(container.get("command") or [])
+    return (bool(args) and args[0] in ("services.access", "services.audit")) or bool(
+        re.search(r"latchkey (access|audit) ", command))
+
+
+def mounted_file(pod: dict, container: dict, path: str) -> tuple[str, str]:
+    """(Secret name, key) of the file at `path`, which must come from a mounted Secret."""
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    key = path[len(mount["mountPath"]) + 1:]
+    items = {i["path"]: i["key"] for i in volume["secret"].get("items", [])}
+    assert not items or key in items, f"{path} is not among the mounted items"
+    return volume["secret"]["secretName"], items[key] if items else key
+
+
+def test_production_cql_is_encrypted_and_authenticated():
+    docs = documents("production")
+    cql_pods = {}
+    for name, pod in pod_specs(docs):
+        container = pod["containers"][0]
+        env = container_env(docs, container)
+        if not speaks_cql(container):
+            # Least privilege: the ScyllaDB role's password goes only where CQL is spoken.
+            assert "LATCHKEY_SCYLLA_PASSWORD" not in env, name
+            continue
+        cql_pods[name] = env
+        assert env["LATCHKEY_SCYLLA_HOSTS"] and env["LATCHKEY_SCYLLA_PORT"] == "9042", name
+        # TLS on, verified with the CA that issues the nodes' certificate, mounted from a Secret.
+        assert env["LATCHKEY_SCYLLA_TLS_CA"] == f"{TLS_DIR}/ca.crt", name
+        secret, key = mounted_file(pod, container, env["LATCHKEY_SCYLLA_TLS_CA"])
+        assert secret in {f"latchkey-{s}-tls" for s in SERVICES} and key == "ca.crt", name
+        # The password role, from a Secret: never a plain value in the manifests.
+        for variable, key in (("LATCHKEY_SCYLLA_USERNAME", "username"), ("LATCHKEY_SCYLLA_PASSWORD", "password")):
+            assert env.get(variable) == {"secretKeyRef": {"name": "latchkey-scylla-auth", "key": key}}, (name, variable)
+    assert set(cql_pods) == {"access", "audit", "migrate-cql", "rebuild-view"}
+
+    # The nodes: a certificate from the project's CA, TLS required on every CQL port, passwords required.
+    certificate = find(docs, "Certificate", "latchkey-scylla")["spec"]
+    assert certificate["issuerRef"] == {"name": "latchkey-ca", "kind": "Issuer"}
+    assert certificate["usages"] == ["server auth"]
+    scylla = next(d for d in docs if d["kind"] == "ScyllaCluster")
+    client_service = f"{scylla['metadata']['name']}-client"
+    assert {client_service, f"{client_service}.latchkey.svc"} <= set(certificate["dnsNames"])
+    # The driver checks that name, not each node's IP (which no certificate can list).
+    for name, env in cql_pods.items():
+        assert env["LATCHKEY_SCYLLA_TLS_SERVER_NAME"] in certificate["dnsNames"], name
+    for rack in scylla["spec"]["datacenter"]["racks"]:
+        config = yaml.safe_load(find(docs, "ConfigMap", rack["scyllaConfig"])["data"]["scylla.yaml"])
+        assert config["authenticator"] == "PasswordAuthenticator", rack["name"]
+        assert config["authorizer"] == "CassandraAuthorizer", rack["name"]
+        encryption = config["client_encryption_options"]
+        assert encryption["enabled"] is True and encryption["require_client_auth"] is False, rack["name"]
+        # A TLS port equal to the plain one makes that port TLS-only; a different one (the
+        # operator's automatic 9142) would leave 9042 in plain text.
+        assert config["native_transport_port_ssl"] == config["native_transport_port"] == 9042, rack["name"]
+        assert (config["native_shard_aware_transport_port_ssl"] == config["native_shard_aware_transport_port"]
+                == 19042), rack["name"]
+        for path, key in ((encryption["certificate"], "tls.crt"), (encryption["keyfile"], "tls.key")):
+            mount = next(m for m in rack["volumeMounts"] if path == f"{m['mountPath']}/{key}")
+            volume = next(v for v in rack["volumes"] if v["name"] == mount["name"])
+            assert volume["secret"]["secretName"] == certificate["secretName"], rack["name"]
