@@ -100,12 +100,16 @@ def _summary(console: Console) -> None:
     for e in endpoints.ALL:
         table.add_row(e.service, e.target, f"https://localhost:{e.default_metrics_port}/metrics")
     console.print(table)
-    console.print(
-        "Try it (reflection over mTLS):\n"
-        f"  tools/buf/node_modules/.bin/buf curl --protocol grpc "
-        f"--cacert {certs}/ca.pem --cert {certs}/admin.pem --key {certs}/admin-key.pem "
+    # Plain print, never wrapped: the commands must paste as they are, in a terminal or not.
+    print(
+        "Try it (mTLS; reflection, so no proto files needed):\n"
+        f"  tools/buf/node_modules/.bin/buf curl --protocol grpc --cacert {certs}/ca.pem "
+        f"--cert {certs}/admin.pem --key {certs}/admin-key.pem "
         f"https://localhost:{endpoints.PERMISSIONS.port}/grpc.health.v1.Health/Check\n"
-        "  .venv/bin/latchkey health\nCtrl-C stops the services; `make stack-down` stops the stack."
+        "  scripts/first-day.sh    # a door, a user, a grant, Unlock, revoke, the audit log (README)\n"
+        "  .venv/bin/latchkey health\n"
+        "Ctrl-C stops the services; `make stack-down` stops the stack.",
+        flush=True,
     )
 
 

@@ -11,6 +11,7 @@ pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 have_cmd redis-server || need+=(redis-server)
 have_cmd npm || need+=(nodejs npm)
 have_cmd runuser || need+=(util-linux)
+have_cmd jq || need+=(jq)  # scripts/first-day.sh reads ids from buf curl's JSON
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # The local CQL engine (Apache Cassandra 5.0, from Maven Central) runs on Java 17.
 java -version 2>&1 | grep -qE 'version "(1[7-9]|2[0-9])' || need+=(openjdk-17-jre-headless)
