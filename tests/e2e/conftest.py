@@ -74,7 +74,9 @@ def system(request, stack, pki, tmp_path_factory):
         # Its own keyspace; `latchkey migrate` applies the CQL schemas because the factor is set.
         env |= {"LATCHKEY_SCYLLA_HOSTS": ",".join(cql.hosts), "LATCHKEY_SCYLLA_PORT": str(cql.port),
                 "LATCHKEY_SCYLLA_KEYSPACE": f"lk_e2e_{uuid.uuid4().hex[:8]}",
-                "LATCHKEY_SCYLLA_REPLICATION_FACTOR": "1"}
+                "LATCHKEY_SCYLLA_REPLICATION_FACTOR": "1",
+                # The engine shares two cores with the whole suite: allow it a slow second.
+                "LATCHKEY_SCYLLA_REQUEST_TIMEOUT_SECONDS": "5"}
     for e in endpoints.ALL:
         env[f"{e.env_prefix}_PORT"] = str(free_port())
         env[f"{e.env_prefix}_METRICS_PORT"] = "0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import grpc
@@ -45,11 +46,21 @@ class Door:
 
     def __init__(self, system, pki, door_id: str) -> None:
         self.door_id = door_id
+        self.system, self.pki = system, pki
         self.channel = grpc.secure_channel(system.targets["access"], channel_credentials(pki.issue("door", door_id)))
         self.stub = access_pb2_grpc.AccessServiceStub(self.channel)
 
     def unlock(self, *, user_id: str = "", credential=None, min_revision: int = 0, request_id: str = "",
-               door_id: str = "", timeout: float = 5):
+               door_id: str = "", timeout: float = 5, settle: bool = True):
+        """Unlock; with `min_revision` (and `settle`), first wait, bounded, until the view has it.
+
+        Unlock itself waits at most 1 s for min_revision, then answers STALE_VIEW: on a
+        loaded test machine the projector can be later than that, and a scenario that
+        uses min_revision to order its steps must not flake on it. `settle=False` asks
+        Unlock alone (to see STALE_VIEW).
+        """
+        if min_revision and settle:
+            wait_for_view(self.system, self.pki, min_revision, timeout=30)
         request = access_pb2.UnlockRequest(door_id=door_id or self.door_id, request_id=request_id or rid(),
                                            min_revision=min_revision)
         if credential is not None:
@@ -64,10 +75,16 @@ class Door:
 
 def wait_for_view(system, pki, revision: int, timeout: float = 10) -> None:
     """Until the unlock view itself (the projector's work, not only the per-process caches) has `revision`."""
+    deadline = time.monotonic() + timeout
     with grpc.secure_channel(system.targets["access"], channel_credentials(pki.tls("admin"))) as channel:
-        answer = access_pb2_grpc.AccessServiceStub(channel).WaitForRevision(
-            access_pb2.WaitForRevisionRequest(revision=revision, timeout={"seconds": int(timeout)}),
-            timeout=timeout + 5)
+        stub = access_pb2_grpc.AccessServiceStub(channel)
+        while True:
+            left = max(1, min(10, int(deadline - time.monotonic())))  # WaitForRevision waits at most 10 s
+            answer = stub.WaitForRevision(access_pb2.WaitForRevisionRequest(revision=revision,
+                                                                            timeout={"seconds": left}),
+                                          timeout=left + 5)
+            if answer.reached or time.monotonic() >= deadline:
+                break
     assert answer.reached, f"the view is at {answer.applied_revision}, not {revision}"
 
 

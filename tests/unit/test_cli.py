@@ -10,10 +10,22 @@ def test_certs_init_then_issue_door_certificate(tmp_path, monkeypatch):
     monkeypatch.setenv("LATCHKEY_CERTS_DIR", str(tmp_path))
     runner = CliRunner()
     assert runner.invoke(app, ["certs", "init"]).exit_code == 0
-    result = runner.invoke(app, ["certs", "issue", "door", "lobby-2", "--days", "30"])
+    door = "5f0c1d4e-8a7b-4c2d-9e1f-0a1b2c3d4e5f"
+    result = runner.invoke(app, ["certs", "issue", "door", door, "--days", "30"])
     assert result.exit_code == 0, result.output
-    cert = (tmp_path / "door-lobby-2.pem").read_bytes()
-    assert certs.peer_identity(cert) == "spiffe://latchkey/door/lobby-2"
+    cert = (tmp_path / f"door-{door}.pem").read_bytes()
+    assert certs.peer_identity(cert) == f"spiffe://latchkey/door/{door}"
+
+
+def test_certs_issue_refuses_identities_no_server_accepts(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATCHKEY_CERTS_DIR", str(tmp_path))
+    runner = CliRunner()
+    runner.invoke(app, ["certs", "init"])
+    for args, words in ((["door", "lobby-2"], "not a door id"), (["role", "superuser"], "no role 'superuser'"),
+                        (["service", "billing"], "no service 'billing'")):
+        result = runner.invoke(app, ["certs", "issue", *args])
+        assert result.exit_code == 2 and words in result.output, result.output
+        assert not (tmp_path / f"{args[0]}-{args[1]}.pem").exists()
 
 
 def test_certs_issue_rejects_unknown_kind(tmp_path, monkeypatch):
