@@ -33,6 +33,12 @@ COPY scripts/proto.sh ./scripts/proto.sh
 RUN scripts/proto.sh \
     && uv sync --frozen --no-dev \
     && test -f gen/latchkey/access/v1/access_pb2.py
+# Bytecode for the project, written once here (UV_COMPILE_BYTECODE above does the
+# same for the dependencies): at run time PYTHONDONTWRITEBYTECODE is set and /app
+# is read-only, so without it every start, every restart after a crash included,
+# compiled the project's sources again before serving. unchecked-hash: the .pyc is
+# used without comparing the source's mtime; the code never changes in place.
+RUN .venv/bin/python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash latchkit services gen
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="latchkey" \

@@ -46,8 +46,14 @@ $(CQL_JARS)/.stamp: tools/cassandra/pom.xml | $(STATE)/system-deps.stamp
 	  -DoutputDirectory=$(abspath $(CQL_JARS))
 	@touch $@
 
+# buf (lint, breaking, and `buf curl`, the gRPC client the README and `make run` show), pinned in tools/buf.
+BUF := tools/buf/node_modules/.bin/buf
+$(BUF): tools/buf/package-lock.json | $(STATE)/system-deps.stamp
+	npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error
+	@touch $@
+
 .PHONY: setup
-setup: $(STATE)/system-deps.stamp $(VENV)/.synced gen/.stamp $(CQL_JARS)/.stamp ## install everything (apt, Python env, generated code, CQL engine)
+setup: $(STATE)/system-deps.stamp $(VENV)/.synced gen/.stamp $(CQL_JARS)/.stamp $(BUF) ## install everything (apt, Python env, generated code, CQL engine, buf)
 
 .PHONY: proto
 proto: $(VENV)/.synced ## generate Python code from protos/ into gen/
@@ -86,7 +92,7 @@ test: setup lint k8s-check ## run the whole test suite against a private stack
 .PHONY: lint
 lint: setup ## buf lint on the contract, ruff on the code
 	scripts/buf-lint.sh
-	$(VENV)/bin/ruff check latchkit services tests bench
+	$(VENV)/bin/ruff check latchkit services tests bench chaos
 
 .PHONY: k8s-check
 k8s-check: setup ## render deploy/k8s overlays, validate them, policy-scan them and the Dockerfile
@@ -99,6 +105,10 @@ fuzz: setup ## the fuzz suite with a large budget (400 inputs per RPC)
 .PHONY: bench
 bench: setup ## latency/throughput benchmark; prints a table, writes bench-results/*.json
 	$(PY) -m bench
+
+.PHONY: chaos
+chaos: setup ## fault suite: kills and hangs each component under load, checks invariants (ROUNDS=3)
+	$(PY) -m chaos --rounds $${ROUNDS:-3}
 
 .PHONY: clean
 clean: ## stop the stack and remove generated state

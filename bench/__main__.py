@@ -27,7 +27,7 @@ from latchkit import certs
 from latchkit.settings import REPO_ROOT
 from latchkit.stack import Stack, StackPorts
 
-AREAS = ("access", "permissions", "audit")
+AREAS = ("access", "permissions", "audit", "cql")
 
 
 def _table(area: str, rows: dict) -> Table:
@@ -83,7 +83,7 @@ async def main(selected: list[str]) -> int:
         "areas": {},
     }
     try:
-        stack.up()
+        stack.up(cql="cql" in selected)  # the CQL engine only when its rows are asked for
         for area in selected:
             rows = await _run_area(area, stack, pki_dir, state)
             if rows is None:

@@ -6,7 +6,9 @@ Two methods on the same runner, TLS and interceptor as the echo floor:
   Unlock builds a grant (a fresh decision id and server time), deciding nothing;
 - `AnswerAndRecord` does the same and records the decision's event exactly as
   Unlock does: `DecisionPublisher.record_deferred` with Unlock's `encode_decision`,
-  its linger and batching, to the same JetStream stream.
+  its batching, to the same JetStream stream, and answers when Unlock would: in
+  the default durability mode (`LATCHKEY_ACCESS_DECISION_DURABILITY`, acked)
+  once the event is acknowledged by JetStream or spooled, as Unlock does.
 
 Against the echo floor they split Unlock's gap into what the issue's required
 parts cost (the service's messages, one event per decision) and what Unlock's
@@ -16,6 +18,7 @@ door of their own, so the bench's decision-time figures never count them.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 import time
@@ -31,8 +34,9 @@ from latchkit import envelope, ids, server
 from latchkit.access_rules import Reason
 from latchkit.bus import BusSettings
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
-from services.access.decisions import DecisionPublisher
+from services.access.decisions import DecisionPublisher, wait_durable
 from services.access.service import encode_decision
+from services.access.settings import decision_durability
 
 SERVICE = "latchkey.bench.Bound"
 ANSWER = f"/{SERVICE}/Answer"
@@ -61,9 +65,13 @@ def register(decisions: DecisionPublisher):
     async def answer_and_record(request, context):
         started = time.perf_counter_ns()
         response, decision_id, seconds, nanos = answer()
-        decisions.record_deferred(decision_id, subject, encode_decision, (
+        durable = decisions.record_deferred(decision_id, subject, encode_decision, (
             decision_id, actor, door_id, user_id, credential_id, request.request_id, granted, reason, 1,
             seconds, nanos, time.perf_counter_ns() - started, None))
+        if durable is not None:
+            # As Unlock: the answer waits for its decision to be durable, within the deadline.
+            remaining = context.time_remaining()
+            await wait_durable(durable, None if remaining is None else asyncio.get_running_loop().time() + remaining)
         return response
 
     def handler(behaviour):
@@ -80,7 +88,8 @@ def register(decisions: DecisionPublisher):
 
 async def main() -> None:
     spool_dir = Path(tempfile.mkdtemp(prefix="lk-bench-bound-"))
-    decisions = DecisionPublisher(SqliteDecisionSpool(spool_dir / "decisions.sqlite"), BusSettings.from_env())
+    decisions = DecisionPublisher(SqliteDecisionSpool(spool_dir / "decisions.sqlite"), BusSettings.from_env(),
+                                  durability=decision_durability())
 
     async def stop() -> None:
         await decisions.close()

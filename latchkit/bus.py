@@ -166,3 +166,18 @@ class Puller:
             raise
         self.idle = False
         return msgs
+
+
+async def stream_tail_revision(js, stream: str = PERMISSIONS_STREAM) -> int:
+    """The revision of the newest message in `stream` (0 when it holds none).
+
+    The relay publishes in revision order, so this is the highest revision the
+    bus has been given.
+    """
+    from latchkey.events.v1 import events_pb2
+
+    info = await js.stream_info(stream)
+    if not info.state.messages or not info.state.last_seq:
+        return 0
+    msg = await js.get_msg(stream, seq=info.state.last_seq)
+    return events_pb2.Envelope.FromString(msg.data).revision

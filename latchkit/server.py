@@ -24,6 +24,7 @@ from latchkit.settings import ServerSettings
 from latchkit.tls import server_credentials
 
 log = logging.getLogger("latchkit.server")
+HEALTH_POLL_SECONDS = 0.25
 
 
 def server_options(settings: ServerSettings, *, reuse_port: bool = False) -> list[tuple[str, int]]:
@@ -54,6 +55,13 @@ class ServiceSpec:
     policy: Policy = allow_any_principal
     reuse_port: bool = False
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Jobs that run as long as the server; one that ends before the shutdown is logged as an error."""
+    startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """One-shot jobs started with the server (a pool warm-up, the access start-up floor): their
+    normal end is expected; a failure or a leaked cancel is logged as an error."""
+    healthy: Callable[[], bool] | None = None
+    """Polled every HEALTH_POLL_SECONDS: while it returns False, health says NOT_SERVING (e.g. the
+    access service's projector is stalled and its view falls behind)."""
 
 
 @dataclass
@@ -64,8 +72,29 @@ class RunningServer:
     service_names: tuple[str, ...]
     metrics_server: object | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
+    stopping: bool = False
+
+    def watch(self, task: asyncio.Task, *, one_shot: bool = False) -> asyncio.Task:
+        """Keep `task` as a background job: it is stopped with the server, and if it ends
+        before that (an error, or a cancel leaked from a library) it is logged, never silent.
+        A `one_shot` job may end normally."""
+        self.tasks.append(task)
+        task.add_done_callback(lambda t: self._ended(t, one_shot))
+        return task
+
+    def _ended(self, task: asyncio.Task, one_shot: bool) -> None:
+        if self.stopping:
+            return
+        if task.cancelled():
+            log.error("a background task was cancelled while the server runs", extra={"task": task.get_name()})
+        elif task.exception() is not None:
+            log.error("a background task failed while the server runs", extra={"task": task.get_name()},
+                      exc_info=task.exception())
+        elif not one_shot:
+            log.error("a background task ended while the server runs", extra={"task": task.get_name()})
 
     async def stop(self, grace: float) -> None:
+        self.stopping = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         for task in self.tasks:
@@ -107,9 +136,32 @@ async def start(settings: ServerSettings, spec: ServiceSpec) -> RunningServer:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics = serve_metrics(settings.host, settings.metrics_port, settings.tls)
     running = RunningServer(server, port, health_servicer, names, metrics)
-    running.tasks = [asyncio.create_task(job(), name=f"{spec.name}-bg") for job in spec.background]
+    for job in spec.background:
+        running.watch(asyncio.create_task(job(), name=f"{spec.name}-bg-{getattr(job, '__name__', 'job')}"))
+    for job in spec.startup:
+        running.watch(asyncio.create_task(job(), name=f"{spec.name}-start-{getattr(job, '__name__', 'job')}"),
+                      one_shot=True)
+    if spec.healthy is not None:
+        running.watch(asyncio.create_task(_follow_health(health_servicer, ("", *names), spec.healthy),
+                                          name=f"{spec.name}-health"))
     log.info("serving", extra={"service": spec.name, "port": port, "services": list(names)})
     return running
+
+
+async def _follow_health(servicer: health.aio.HealthServicer, names: Sequence[str],
+                         healthy: Callable[[], bool]) -> None:
+    """Health follows `healthy()`. (After `enter_graceful_shutdown` the servicer ignores `set`,
+    so this cannot bring a stopping server back to SERVING.)"""
+    serving = True
+    while True:
+        now = healthy()
+        if now != serving:
+            serving = now
+            status = health_pb2.HealthCheckResponse.SERVING if now else health_pb2.HealthCheckResponse.NOT_SERVING
+            log.warning("health changes", extra={"serving": now})
+            for name in names:
+                await servicer.set(name, status)
+        await asyncio.sleep(HEALTH_POLL_SECONDS)  # the polling period, not a synchronisation
 
 
 async def serve_forever(settings: ServerSettings, spec: ServiceSpec) -> None:

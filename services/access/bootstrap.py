@@ -20,13 +20,14 @@ from services.access.ports import UnlockView
 from services.access.projector import Projector
 from services.access.service import UnlockService
 from services.access.settings import AccessSettings
+from services.access.startup_floor import StartupFloor
 
 
 def build_view(settings: AccessSettings) -> UnlockView:
     if settings.view_backend == "scylla":
         from services.access.adapters.scylla_view import ScyllaUnlockView
 
-        return ScyllaUnlockView(settings.scylla)
+        return ScyllaUnlockView(settings.scylla, settings.instance)
     from services.access.adapters.sqlite_view import SqliteUnlockView
 
     return SqliteUnlockView(settings.data_dir / "view.sqlite")
@@ -57,9 +58,12 @@ class AccessApp:
         if self.local is not None:
             background.append(self.local.run)
         return ServiceSpec(name="access", register=register, on_stop=self.stop, policy=authz.allowed,
-                           reuse_port=self.settings.workers > 1, background=background)
+                           reuse_port=self.settings.workers > 1, background=background,
+                           startup=[self.service.startup_floor.run],
+                           healthy=self.projector.healthy if self.projector is not None else None)
 
     async def start(self) -> None:
+        self.decisions.spool.open()  # fails at once if another process holds this spool
         await self.view.open()
 
     async def stop(self) -> None:
@@ -79,10 +83,12 @@ def build(settings: AccessSettings | None = None) -> AccessApp:
     cache = RedisUnlockCache(settings.redis_url, settings.cache_ttl_seconds, settings.negative_ttl_seconds,
                              instance=settings.instance)
     spool = SqliteDecisionSpool(settings.data_dir / f"decisions-{settings.worker_index}.sqlite")
-    decisions = DecisionPublisher(spool, settings.bus, linger=settings.decision_linger_seconds)
+    decisions = DecisionPublisher(spool, settings.bus, durability=settings.decision_durability,
+                                  linger=settings.decision_linger_seconds)
     # One logical projector: only worker 0 runs it.
     projector = (Projector(view, cache, settings.bus, SqliteRedisBacklog(settings.data_dir / "redis-backlog.sqlite"),
-                           instance=settings.instance, lease_seconds=settings.redis_lease_seconds)
+                           instance=settings.instance, lease_seconds=settings.redis_lease_seconds,
+                           stall_seconds=settings.projector_stall_seconds)
                  if settings.worker_index == 0 else None)
     local = polled = None
     if settings.local_cache_entries:
@@ -98,6 +104,6 @@ def build(settings: AccessSettings | None = None) -> AccessApp:
         min_revision_wait=settings.min_revision_wait_seconds,
         credential_throttle=DenialThrottle(settings.throttle_window_seconds, settings.throttle_credential_denials),
         door_throttle=DenialThrottle(settings.throttle_window_seconds, settings.throttle_door_denials),
-        local=local,
+        local=local, startup_floor=StartupFloor(settings.bus),
     )
     return AccessApp(settings, view, cache, decisions, projector, service, local, polled)

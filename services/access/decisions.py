@@ -16,13 +16,24 @@ cannot be published promptly (NATS down or slow: older than `spill_after`)
 are moved, in order, to the durable spool, and the spool is drained first
 once NATS answers again, each row deleted only after its PubAck.
 
-What a crash of an access process can lose: events still in memory, that is
-the batch being gathered (at most the last `linger` of decisions) or
-published, plus whatever was decided in the last `spill_after` (default
-100 ms) while NATS did not acknowledge. Nothing
-acknowledged by JetStream and nothing in the spool is lost. A graceful
-shutdown loses nothing: what is waiting is sent (for up to 2 s), and what
-could not be sent goes to the spool.
+Durability, `LATCHKEY_ACCESS_DECISION_DURABILITY`:
+
+- `acked` (the default): no answer leaves before its decision is durable.
+  `record_deferred` returns a future shared by every event recorded since the
+  publisher last took a batch; the publisher resolves it once all of them are
+  acknowledged by JetStream or written (fsync) to the spool. Unlock awaits it
+  (`wait_durable`) before it answers. The cost is paid once per batch, not
+  per call: while one batch waits for its PubAck the next one gathers (group
+  commit), so the linger does not apply. A crash loses no answered decision;
+  it can lose decisions whose caller got no answer.
+- `async`: the answer leaves at once. A crash can lose events still in
+  memory, that is the batch being gathered (at most the last `linger` of
+  decisions) or published, plus whatever was decided in the last
+  `spill_after` (default 100 ms) while NATS did not acknowledge.
+
+In both modes nothing acknowledged by JetStream and nothing in the spool is
+lost, and a graceful shutdown loses nothing: what is waiting is sent (for up
+to 2 s), and what could not be sent goes to the spool.
 """
 
 from __future__ import annotations
@@ -38,46 +49,118 @@ from prometheus_client import Gauge
 
 from latchkit import bus, envelope
 from latchkit.bus import BusSettings, connect, ensure_streams
+from latchkit.retry import Backoff, retry_forever
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 
 log = logging.getLogger("latchkey.access.decisions")
 Row = tuple[str, str, "bytes | tuple[Callable[..., bytes], tuple]"]
 """(event id, subject, envelope bytes or a deferred encoding: (encode, args))."""
 SPOOL_BACKLOG = Gauge("latchkey_access_decision_spool_backlog", "Decision events in the durable spool")
+DURABILITY_MODES = ("acked", "async")
+IDLE_WAIT_SECONDS = 0.5
+"""An idle publisher looks again this often (for events the spiller moved to the spool)."""
+ACK_WAIT_SECONDS = 1.0
+"""How long a batch waits for its PubAck before the connection counts as dead: the events go
+back to memory, from where the spiller makes them durable in the spool."""
+
+
+class DecisionNotDurable(Exception):
+    """A decision's event was neither acknowledged nor spooled within the caller's deadline."""
+
+
+async def wait_durable(group: asyncio.Future | None, deadline: float | None) -> None:
+    """Return once `group` (from `record_deferred`; None: nothing to wait for) is durable.
+
+    `deadline` is event loop time. The shared future is shielded: one caller's timeout
+    must not cancel it for the others in its batch.
+    """
+    if group is None or group.done():
+        return
+    try:
+        async with asyncio.timeout_at(deadline):
+            await asyncio.shield(group)
+    except TimeoutError:
+        raise DecisionNotDurable("the decision was not durable before the deadline") from None
 
 
 class DecisionPublisher:
-    def __init__(self, spool: SqliteDecisionSpool, bus: BusSettings, *, spill_after: float = 0.1,
-                 batch: int = 512, per_message: int = 256, linger: float = 0.02) -> None:
+    def __init__(self, spool: SqliteDecisionSpool, bus: BusSettings, *, durability: str = "acked",
+                 spill_after: float = 0.1, batch: int = 512, per_message: int = 256, linger: float = 0.02) -> None:
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability {durability!r}: use acked or async")
         self.spool = spool
         self.bus = bus
+        self.durability = durability
         self.spill_after = spill_after
         self.batch = batch
         self.per_message = per_message
-        self.linger = linger
-        self._pending: collections.deque[tuple[float, Row]] = collections.deque()
-        self._wake = asyncio.Event()
+        # Acked: callers wait for their batch, so holding it back would only add latency;
+        # batches form by themselves while the previous one waits for its PubAck.
+        self.linger = linger if durability == "async" else 0.0
+        # (recorded at, row, group): the group is the future shared with the caller (acked mode).
+        self._pending: collections.deque[tuple[float, Row, asyncio.Future | None]] = collections.deque()
+        self._group: asyncio.Future | None = None
+        self._last_group: asyncio.Future | None = None
+        # Set by the idle publisher, resolved by the next record: a plain future wakes it in one
+        # step of the event loop (an Event under `wait_for` takes a task and three steps).
+        self._wake: asyncio.Future | None = None
         # Held while a batch is in flight and while spilling: keeps the spool in decision order.
         self._order = asyncio.Lock()
         self._spooled = 0
 
-    def record(self, env) -> None:
+    def record(self, env) -> asyncio.Future | None:
         """Called on the response path: no I/O."""
-        self.record_serialized(env.event_id, envelope.subject(env), env.SerializeToString())
+        return self.record_serialized(env.event_id, envelope.subject(env), env.SerializeToString())
 
-    def record_serialized(self, event_id: str, subject: str, payload: bytes) -> None:
-        self._pending.append((time.monotonic(), (event_id, subject, payload)))
-        if not self._wake.is_set():
-            self._wake.set()
+    def record_serialized(self, event_id: str, subject: str, payload: bytes) -> asyncio.Future | None:
+        return self._append((event_id, subject, payload))
 
-    def record_deferred(self, event_id: str, subject: str, encode: Callable[..., bytes], args: tuple) -> None:
+    def record_deferred(self, event_id: str, subject: str, encode: Callable[..., bytes],
+                        args: tuple) -> asyncio.Future | None:
         """An event whose envelope is `encode(*args)`, encoded later with others (Unlock's path).
 
-        `encode` must be pure: the event's bytes are fixed by `args` at this moment.
+        `encode` must be pure: the event's bytes are fixed by `args` at this moment. Returns
+        the future to pass to `wait_durable` (None in async mode).
         """
-        self._pending.append((time.monotonic(), (event_id, subject, (encode, args))))
-        if not self._wake.is_set():
-            self._wake.set()
+        return self._append((event_id, subject, (encode, args)))
+
+    def _append(self, row: Row) -> asyncio.Future | None:
+        group = self._group
+        if group is None and self.durability == "acked":
+            group = self._group = self._last_group = asyncio.get_running_loop().create_future()
+        self._pending.append((time.monotonic(), row, group))
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+        return group
+
+    def recorded_so_far(self) -> asyncio.Future | None:
+        """A future that is done once every event recorded until now is durable (None: already).
+
+        Events become durable in the order they were recorded, so the newest group covers all.
+        """
+        group = self._last_group
+        return None if group is None or group.done() else group
+
+    def _taken(self, count: int) -> list[tuple[float, Row, asyncio.Future | None]]:
+        """The oldest `count` events, out of memory. Events recorded from now on form a new group."""
+        taken = [self._pending.popleft() for _ in range(count)]
+        self._group = None
+        return taken
+
+    def _settle(self, durable: list[tuple[float, Row, asyncio.Future | None]]) -> None:
+        """`durable` (the oldest events, in order) are acknowledged or spooled: wake their callers.
+
+        A group whose newest events are still in memory stays pending (groups are contiguous,
+        so only the one shared with the oldest event left can be).
+        """
+        waiting = self._pending[0][2] if self._pending else None
+        last = None
+        for _, _, group in durable:
+            if group is not last:
+                last = group
+                if group is not None and group is not waiting and not group.done():
+                    group.set_result(None)
 
     async def spill(self, everything: bool = False) -> None:
         """Move events waiting longer than `spill_after` (or all) to the durable spool, oldest first."""
@@ -86,14 +169,13 @@ class DecisionPublisher:
             # once the spool holds them, so a failed write keeps them for the next attempt.
             cutoff = time.monotonic() - self.spill_after
             count = 0
-            for t, _ in self._pending:
+            for t, _, _ in self._pending:
                 if not everything and t > cutoff:
                     break
                 count += 1
             if count:
-                await self.spool.append([_encoded(row) for _, row in itertools.islice(self._pending, count)])
-                for _ in range(count):
-                    self._pending.popleft()
+                await self.spool.append([_encoded(row) for _, row, _ in itertools.islice(self._pending, count)])
+                self._settle(self._taken(count))
                 self._spooled += count
                 SPOOL_BACKLOG.set(self._spooled)
 
@@ -107,19 +189,9 @@ class DecisionPublisher:
 
     async def run_publisher(self) -> None:
         self._spooled = await self.spool.count()
-        backoff = 0.1
-        while True:
-            try:
-                bus.raise_if_cancelled()
-                await self._publish_forever()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - NATS outages are waited out
-                log.warning("decision publisher failed; retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        await retry_forever("decision publisher", self._publish_forever, log)
 
-    async def _publish_forever(self) -> None:
+    async def _publish_forever(self, backoff: Backoff) -> None:
         nc = await connect(self.bus, name="access-decisions", allow_reconnect=False)
         try:
             js = nc.jetstream()
@@ -128,17 +200,20 @@ class DecisionPublisher:
                 bus.raise_if_cancelled()
                 if self._spooled:
                     await self.drain_spool(js)
+                    backoff.reset()  # a round went through: the next outage starts from the shortest wait
                     continue
                 if not self._pending:
-                    self._wake.clear()
+                    self._wake = asyncio.get_running_loop().create_future()
                     try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+                        async with asyncio.timeout(IDLE_WAIT_SECONDS):
+                            await self._wake
                     except TimeoutError:
                         continue
-                if len(self._pending) < self.per_message:
+                if self.linger and len(self._pending) < self.per_message:
                     # Let a few more decisions join this message (a bounded delay, off the response path).
                     await asyncio.sleep(self.linger)
                 await self.publish_pending(js)
+                backoff.reset()
         finally:
             await bus.close(nc)
 
@@ -168,14 +243,16 @@ class DecisionPublisher:
                 future.cancel()
             return 0, exc
         acked = 0
-        for i, (future, events) in enumerate(futures):
-            try:
-                await asyncio.wait_for(future, timeout=5)
-                acked += events
-            except Exception as exc:  # noqa: BLE001 - keep order: stop at the first failure
-                for rest, _ in futures[i:]:
-                    rest.cancel()
-                return acked, exc
+        try:
+            # One timer for the batch; each ack awaited directly (no wait_for: fewer loop steps).
+            async with asyncio.timeout(ACK_WAIT_SECONDS):
+                for future, events in futures:
+                    await future
+                    acked += events
+        except Exception as exc:  # noqa: BLE001 - keep order: stop at the first failure
+            for rest, _ in futures:
+                rest.cancel()  # a no-op on those already acknowledged
+            return acked, exc
         return acked, None
 
     async def publish_pending(self, js) -> None:
@@ -183,17 +260,17 @@ class DecisionPublisher:
             if self._spooled:
                 # Older events went to the spool meanwhile (e.g. during the linger): they go first.
                 return
-            count = min(self.batch, len(self._pending))
-            batch = [(t, _encoded(row)) for t, row in itertools.islice(self._pending, count)]
-            for _ in range(count):
-                self._pending.popleft()
+            batch = self._taken(min(self.batch, len(self._pending)))
+            rows = [_encoded(row) for _, row, _ in batch]
             acked, error = 0, None
             try:
-                acked, error = await self._publish(js, [row for _, row in batch])
+                acked, error = await self._publish(js, rows)
             finally:
-                # Unacknowledged events go back to the front, in order, for the spiller or a
-                # retry; also when this task is cancelled mid-publish (shutdown).
-                self._pending.extendleft(reversed(batch[acked:]))
+                # Unacknowledged events go back to the front, in order (encoded now), for the
+                # spiller or a retry; also when this task is cancelled mid-publish (shutdown).
+                self._pending.extendleft((t, rows[i], group) for i, (t, _, group)
+                                         in reversed(list(enumerate(batch))[acked:]))
+                self._settle(batch[:acked])
         if error is not None:
             raise error
 

@@ -46,6 +46,7 @@ from latchkit.bus import (
     connect,
     ensure_streams,
 )
+from latchkit.retry import Backoff, retry_forever
 from services.access.adapters.redis_cache import cred_key
 from services.access.ports import CredentialRow, PairRow
 from services.access.projector import advance, to_rows
@@ -171,24 +172,11 @@ class LocalCache:
         self.reset("feed stopped")
 
     async def run(self) -> None:
-        backoff = 0.1
-        while True:
-            started = time.monotonic()
-            try:
-                bus.raise_if_cancelled()
-                await self._follow()
-            except asyncio.CancelledError:
-                self.stop()
-                raise
-            except Exception as exc:  # noqa: BLE001 - without a feed the cache just does not answer
-                self.stop()
-                log.warning("local cache feed failed; retrying", extra={"error": repr(exc)})
-                if time.monotonic() - started > 10:
-                    backoff = 0.1  # it had been running: this is a new outage
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        """Follow the stream, again after every failure (the cache does not answer meanwhile:
+        each feed stops it as it ends); the retry wait resets after every event applied."""
+        await retry_forever("local cache feed", self._follow, log)
 
-    async def _follow(self) -> None:
+    async def _follow(self, backoff: Backoff) -> None:
         closed = asyncio.get_running_loop().create_future()
 
         async def on_closed() -> None:
@@ -217,6 +205,7 @@ class LocalCache:
                         # applied it or nobody ever will. Part of its revision may be gone too.
                         self.start(env.revision - 1 if env.revision_event_index == 0 else env.revision)
                     self.apply(env)
+                    backoff.reset()  # a successful round: a later failure starts a new outage
                 except Exception as exc:  # noqa: BLE001 - stop answering from a cache we cannot keep
                     failed.append(exc)
                     if not closed.done():
@@ -228,6 +217,7 @@ class LocalCache:
             await js.subscribe(PERMISSIONS_SUBJECT_PREFIX + ">", stream=PERMISSIONS_STREAM, cb=on_msg,
                                ordered_consumer=True, idle_heartbeat=2.0, config=config)
             self.following = True
+            backoff.reset()
             log.info("local cache feed live", extra={"floor": floor, "start_seq": last + 1})
             bus.raise_if_cancelled()  # a cancel lost inside nats-py would leave this wait forever
             await closed

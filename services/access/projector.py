@@ -1,6 +1,7 @@
 """The projector: PERMISSIONS stream -> unlock view -> Redis, acked only after both.
 
-A durable pull consumer; one logical projector per deployment (the access
+A durable pull consumer, re-created at every start at the first event above
+the view's watermark; one logical projector per deployment (the access
 service's first process runs it). Each round fetches a batch, writes Redis
 (set-if-newer), then the view (one transaction, versions compared in the
 store, with the watermark), then acks. A crash before the ack redelivers the batch; applying it again
@@ -20,18 +21,28 @@ and restarts, and the backlog is bounded by the number of distinct keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from latchkit import bus, envelope
-from latchkit.bus import PERMISSIONS_STREAM, BusSettings, Puller, connect, ensure_streams
+from latchkit.bus import (
+    PERMISSIONS_STREAM,
+    PERMISSIONS_SUBJECT_PREFIX,
+    BusSettings,
+    Puller,
+    connect,
+    ensure_streams,
+)
+from latchkit.retry import Backoff, retry_forever
 from services.access.adapters.redis_cache import RedisUnlockCache
 from services.access.adapters.sqlite_redis_backlog import SqliteRedisBacklog
 from services.access.ports import CredentialRow, PairRow, UnlockView, ViewBatch
+from services.access.projector_watchdog import BrokerProgress, StallClock, end_task, stack_of
 
 log = logging.getLogger("latchkey.access.projector")
 DURABLE_PREFIX = "access-projector-"
@@ -40,6 +51,11 @@ FETCH_WAIT_SECONDS = 0.02  # busy: bounds how long an event waits in a partial b
 REPLAY_CHUNK = 500
 REDIS_BACKLOG = Gauge("latchkey_access_redis_backlog", "Keys the projector must still write to Redis")
 REDIS_TRUSTED = Gauge("latchkey_access_redis_trusted", "1 while this instance's projector holds its Redis lease")
+HEARTBEAT = Gauge("latchkey_access_projector_heartbeat_timestamp_seconds",
+                  "When the projector's pipeline last went round its loop (unix time)")
+STALLED = Gauge("latchkey_access_projector_stalled",
+                "1 while the stream has work for the projector and its consumer has not moved for the stall limit")
+RESTARTS = Counter("latchkey_access_projector_restarts", "Projector pipelines restarted by the watchdog", ["why"])
 
 
 def advance(watermark: int, partial: dict[int, tuple[int, list[int]]], revision: int, index: int,
@@ -71,7 +87,8 @@ def to_rows(env) -> tuple[list[PairRow], list[CredentialRow]]:
 
 class Projector:
     def __init__(self, view: UnlockView, cache: RedisUnlockCache, bus: BusSettings, backlog: SqliteRedisBacklog,
-                 *, batch: int = 256, instance: str = "local", lease_seconds: float = 1.0) -> None:
+                 *, batch: int = 256, instance: str = "local", lease_seconds: float = 1.0,
+                 stall_seconds: float = 10.0, watch_period: float = 1.0) -> None:
         # One durable consumer per instance: each instance applies the whole stream
         # to its view; a consumer idle for a day (a pod that is gone) is removed.
         self.durable = DURABLE_PREFIX + "".join(c if c.isalnum() or c in "-_" else "_" for c in instance)
@@ -80,7 +97,15 @@ class Projector:
         self.bus = bus
         self.batch = batch
         self.watermark = 0
-        self.changed = asyncio.Condition()
+        # Progress is published by setting the Event of the current advance and putting a fresh
+        # one in its place: waiters hold no lock the pipeline needs, so however a waiter is
+        # cancelled (twice, by gRPC, inside Python 3.11's wait_for clean-up) the pipeline
+        # cannot be left waiting for it. A shared Condition did exactly that.
+        self._advanced = asyncio.Event()
+        self.stall_seconds = stall_seconds
+        self.watch_period = watch_period
+        self.stalled = False
+        self.heartbeat = time.monotonic()
         self.backlog = backlog
         self.lease_seconds = lease_seconds
         # Held from a round's Redis write to its view write, and while the lease loop writes
@@ -90,41 +115,112 @@ class Projector:
         self._redis_complete = False
         self._lease_until = 0.0  # monotonic; the lease has surely expired in Redis after this
 
-    async def run(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                bus.raise_if_cancelled()
-                await self._consume()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - outlive broker and store outages
-                log.warning("projector failed; retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+    # ---- progress, for Unlock ------------------------------------------------------------
+    async def reached(self, revision: int) -> None:
+        """Return once the watermark is at least `revision`; the caller bounds the wait
+        (`async with asyncio.timeout(...)` in its own task)."""
+        while self.watermark < revision:
+            await self._advanced.wait()
 
-    async def _consume(self) -> None:
+    def _publish(self, watermark: int) -> None:
+        self.watermark = watermark
+        advanced, self._advanced = self._advanced, asyncio.Event()
+        advanced.set()
+
+    def healthy(self) -> bool:
+        """False while the watchdog sees the projector stalled: the view is falling behind."""
+        return not self.stalled
+
+    # ---- the pipeline and its watchdog --------------------------------------------------
+    async def run(self) -> None:
+        """The pipeline in a task of its own, and a watchdog that restarts it when it stalls.
+
+        Stalled: the broker has messages for this consumer (pending, or delivered and not
+        acknowledged) and neither its delivered nor its acknowledged sequence has moved for
+        `stall_seconds`. The stuck task's stack is logged, health turns NOT_SERVING
+        (`healthy`), and the pipeline is cancelled and started again: the new one re-creates
+        the consumer at the view's position, so nothing waits for the ack timeout.
+        """
+        broker = BrokerProgress(self.bus, PERMISSIONS_STREAM, self.durable)
+        try:
+            while True:
+                pipeline = asyncio.create_task(retry_forever("projector", self._consume, log),
+                                               name="access-projector-pipeline")
+                try:
+                    await self._watch(pipeline, broker)
+                finally:
+                    await end_task(pipeline, log)
+        finally:
+            self._set_stalled(False)
+            await broker.close()
+
+    async def _watch(self, pipeline: asyncio.Task, broker: BrokerProgress) -> None:
+        """Return when `pipeline` has stalled or ended (it never ends on its own)."""
+        clock = StallClock(self.stall_seconds)
+        while True:
+            await asyncio.wait({pipeline}, timeout=self.watch_period)
+            bus.raise_if_cancelled()
+            if pipeline.done():
+                error = None if pipeline.cancelled() else pipeline.exception()
+                log.error("the projector pipeline ended unexpectedly; restarting it",
+                          extra={"error": repr(error) if error else "cancelled"})
+                RESTARTS.labels("ended").inc()
+                return
+            info = await broker.consumer_info(limit=max(self.watch_period, 0.5))
+            stuck_for = clock.observe(info, time.monotonic())
+            if stuck_for is None:
+                self._set_stalled(False)
+                continue
+            self._set_stalled(True)
+            log.error("projector stalled: the stream has work for it and its consumer has not moved; "
+                      "restarting it", extra={"seconds": round(stuck_for, 1), "num_pending": info.num_pending,
+                                              "num_ack_pending": info.num_ack_pending,
+                                              "heartbeat_age": round(time.monotonic() - self.heartbeat, 1),
+                                              "stack": stack_of(pipeline)})
+            RESTARTS.labels("stalled").inc()
+            return
+
+    def _set_stalled(self, stalled: bool) -> None:
+        if stalled != self.stalled:
+            self.stalled = stalled
+            STALLED.set(1 if stalled else 0)
+            if not stalled:
+                log.info("the projector makes progress again")
+
+    def _beat(self) -> None:
+        self.heartbeat = time.monotonic()
+        HEARTBEAT.set_to_current_time()
+
+    async def _consume(self, backoff: Backoff) -> None:
         nc = await connect(self.bus, name="access-projector", allow_reconnect=False)
         try:
             js = nc.jetstream()
             await ensure_streams(js, self.bus)
-            config = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT,
-                                    deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_ack_pending=10_000,
-                                    inactive_threshold=IDLE_CONSUMER_SECONDS)
-            try:
-                await js.consumer_info(PERMISSIONS_STREAM, self.durable)
-            except NotFoundError:
-                await js.add_consumer(PERMISSIONS_STREAM, config)
+            watermark, partial = await self.view.progress()
+            if watermark != self.watermark:
+                self._publish(watermark)
+            # Re-created at every start at the view's own position: what a dead process had
+            # fetched and not acknowledged comes again at once, instead of after ack_wait (a
+            # durable consumer reused as it was would keep the revision behind that hole).
+            start = await start_sequence(js, watermark)
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(PERMISSIONS_STREAM, self.durable)
+            await js.add_consumer(PERMISSIONS_STREAM, ConsumerConfig(
+                durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start, ack_wait=30,
+                max_ack_pending=10_000, inactive_threshold=IDLE_CONSUMER_SECONDS))
             sub = await js.pull_subscribe_bind(self.durable, stream=PERMISSIONS_STREAM)
-            self.watermark, partial = await self.view.progress()
-            await self._notify()
+            log.info("projector consuming", extra={"watermark": watermark, "start_seq": start})
             puller = Puller(sub, self.batch, FETCH_WAIT_SECONDS)
             while True:
+                self._beat()
                 try:
                     msgs = await puller.next()
                 except TimeoutError:
+                    backoff.reset()  # the broker answered: a later failure is a new outage
                     continue
                 await self.apply(msgs, partial)
+                backoff.reset()
         finally:
             await bus.close(nc)
 
@@ -149,8 +245,7 @@ class Projector:
         for msg in msgs:
             await msg.ack()
         if watermark != self.watermark:
-            self.watermark = watermark
-            await self._notify()
+            self._publish(watermark)
 
     async def store(self, batch: ViewBatch) -> None:
         """Redis, then the view (which records the watermark): under the lease, an answer from
@@ -225,6 +320,46 @@ class Projector:
         await self.backlog.remove(pairs, creds)
         return False
 
-    async def _notify(self) -> None:
-        async with self.changed:
-            self.changed.notify_all()
+
+async def start_sequence(js, watermark: int) -> int:
+    """The stream sequence of the first event above `watermark` (the stream's end + 1 if none).
+
+    The relay publishes in (revision, index) order, so revisions never go down along the
+    stream and a binary search finds it in a few reads. The answer is checked (it must be
+    the first event, index 0, of revision watermark + 1); anything unexpected (purged or
+    undecodable messages, an event published twice long apart) falls back to the stream's
+    first message: slower, but nothing is skipped.
+    """
+    info = await js.stream_info(PERMISSIONS_STREAM)
+    first, last = info.state.first_seq, info.state.last_seq
+    if not last or not watermark:
+        return first or 1
+    subjects = PERMISSIONS_SUBJECT_PREFIX + ">"
+
+    async def at_or_after(seq: int):
+        msg = await js.get_msg(PERMISSIONS_STREAM, seq, subject=subjects, next=True)
+        return msg.seq, envelope.parse(msg.data)
+
+    try:
+        low, high = first, last + 1
+        while low < high:
+            middle = (low + high) // 2
+            try:
+                seq, env = await at_or_after(middle)
+            except NotFoundError:
+                high = middle  # nothing from here on
+                continue
+            if env.revision > watermark:
+                high = middle
+            else:
+                low = seq + 1
+        if low > last:
+            return low
+        seq, env = await at_or_after(low)
+        if env.revision == watermark + 1 and env.revision_event_index == 0:
+            return seq
+        log.warning("no clean start for the projector's consumer; replaying the stream",
+                    extra={"watermark": watermark, "found_revision": env.revision})
+    except (NotFoundError, ValueError) as exc:
+        log.warning("could not find the projector's start; replaying the stream", extra={"error": repr(exc)})
+    return first

@@ -8,6 +8,7 @@ door returns the first answer and is not a second unlock (no second event).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -24,11 +25,13 @@ from latchkit.authz import may_unlock
 from latchkit.errors import InvalidArgument, PermissionDenied, Unavailable
 from latchkit.identity import Principal
 from services.access.adapters.redis_cache import RedisUnlockCache, cred_key
-from services.access.decisions import DecisionPublisher
+from services.access.decisions import DecisionNotDurable, DecisionPublisher, wait_durable
 from services.access.domain import DenialThrottle, ReplayMemory
 from services.access.local_cache import MISS, LocalCache
 from services.access.ports import CredentialRow, PairRow, UnlockView
 from services.access.projector import Projector
+from services.access.startup_floor import UNKNOWN as FLOOR_UNKNOWN
+from services.access.startup_floor import StartupFloor
 
 log = logging.getLogger("latchkey.access.unlock")
 GRANTED, DENIED = ev.DECISION_GRANTED, ev.DECISION_DENIED
@@ -77,6 +80,15 @@ stop this long before it, and the answer is then a DENY with reason UNAVAILABLE,
 reaches the door (and the audit log) instead of a DEADLINE_EXCEEDED nobody records."""
 
 
+DURABLE_WAIT_SECONDS = 5.0
+"""How long Unlock waits for its decision to be durable when the call has no deadline (tests)."""
+
+
+MIN_REVISION_RESERVE_SECONDS = 2 * ANSWER_MARGIN_SECONDS
+"""What a `min_revision` wait leaves of the caller's deadline: time to record the decision
+(durably, before answering) and to send the answer."""
+
+
 def _lookups_deadline(time_remaining: float | None) -> float | None:
     """When Unlock's lookups must end (event loop time) to answer within the caller's deadline."""
     if time_remaining is None:
@@ -95,8 +107,9 @@ class UnlockService:
     def __init__(self, view: UnlockView, cache: RedisUnlockCache, decisions: DecisionPublisher,
                  hmac_key: bytes, *, projector: Projector | None, min_revision_wait: float,
                  credential_throttle: DenialThrottle, door_throttle: DenialThrottle,
-                 local: LocalCache | None = None) -> None:
+                 local: LocalCache | None = None, startup_floor: StartupFloor | None = None) -> None:
         self.view = view
+        self.startup_floor = startup_floor
         self.local = local
         self.cache = cache
         self.decisions = decisions
@@ -119,22 +132,19 @@ class UnlockService:
 
     async def wait_for_revision(self, revision: int, wait_seconds: float) -> int:
         """The applied revision once it reaches `revision`, or the last seen one at the timeout."""
+        if self.projector is not None:
+            # In this task, with nothing shared with the projector but its Event of the moment:
+            # a cancel here (gRPC's deadline, then its reset) cannot leave anything held.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(wait_seconds, 0.0)):
+                    await self.projector.reached(revision)
+            return self.projector.watermark
         deadline = time.monotonic() + max(wait_seconds, 0.0)
-        applied = await self.applied_revision()
+        applied = await self.view.watermark()
         while applied < revision and time.monotonic() < deadline:
-            remaining = deadline - time.monotonic()
-            if self.projector is not None:
-                # Check again under the condition's lock: a notify cannot slip in between.
-                async with self.projector.changed:
-                    if self.projector.watermark < revision:
-                        try:
-                            await asyncio.wait_for(self.projector.changed.wait(), timeout=remaining)
-                        except TimeoutError:
-                            pass
-            else:
-                # Another process projects: poll its progress in the shared view.
-                await asyncio.sleep(min(0.002, max(remaining, 0)))
-            applied = await self.applied_revision()
+            # Another process projects: poll its progress in the shared view.
+            await asyncio.sleep(min(0.002, max(deadline - time.monotonic(), 0)))
+            applied = await self.view.watermark()
         return applied
 
     # ---- unlock ---------------------------------------------------------------------
@@ -174,9 +184,16 @@ class UnlockService:
         if request_id:
             earlier = self.replays.get(door_id, request_id)
             if earlier is not None:
+                # The first call may still be waiting for its decision to be durable.
+                await self._durable(self.decisions.recorded_so_far(), time_remaining, started)
                 return access_pb2.UnlockResponse.FromString(earlier)
 
         min_revision = request.min_revision
+        floor = self.startup_floor.revision if self.startup_floor is not None else 0
+        if floor > min_revision:
+            # Until this process's view has reached what the bus held when it started, an answer
+            # could predate a revoke acknowledged while it was down (startup_floor.py).
+            min_revision = floor
         local = self.local
         deadline = view_down = None
         if local is not None and local.answers_at(min_revision):
@@ -191,19 +208,25 @@ class UnlockService:
             except Exception as exc:  # noqa: BLE001 - the view is down (or too slow): deny, below
                 log.error("unlock view unavailable", extra={"error": repr(exc)})
                 view_down, revision = exc, 0
-                if min_revision:
+                if request.min_revision:
                     raise Unavailable("the view is unavailable; retry shortly") from exc
+        stale = False
         if min_revision > revision:
-            wait = min(self.min_revision_wait, max((time_remaining or 0) - ANSWER_MARGIN_SECONDS, 0))
+            # At most min_revision_wait, and never so long that the decision cannot be recorded
+            # and answered within the caller's deadline: a view that does not get there in time
+            # is a DENIED (STALE_VIEW) the door and the audit log both see, not a status.
+            wait = self.min_revision_wait if min_revision != FLOOR_UNKNOWN else 0.0
+            if time_remaining is not None:
+                wait = max(min(wait, time_remaining - MIN_REVISION_RESERVE_SECONDS), 0.0)
             try:
                 async with asyncio.timeout_at(deadline):
                     revision = await self.wait_for_revision(min_revision, wait)
-            except Exception as exc:  # noqa: BLE001 - the view failed (or hung) while we waited
+            except TimeoutError:
+                pass  # the view's watermark did not answer in time: it is still where it was
+            except Exception as exc:  # noqa: BLE001 - the view failed while we waited
                 raise Unavailable(f"the view is unavailable; min_revision {min_revision} cannot be shown, "
                                   "retry shortly") from exc
-            if revision < min_revision:
-                raise Unavailable(f"the view is at revision {revision}, below min_revision "
-                                  f"{min_revision}; retry shortly")
+            stale = revision < min_revision
 
         # The two throttles are separate maps: a door id and a credential key never meet.
         cred_k = cred_key(kind, secret_hash) if secret_hash else ""
@@ -211,6 +234,9 @@ class UnlockService:
         if view_down is not None:
             credential, user_id = None, request.user_id
             decision, reason = DENIED, Reason.UNAVAILABLE
+        elif stale:
+            credential, user_id = None, request.user_id
+            decision, reason = DENIED, Reason.STALE_VIEW
         elif self.door_throttle.throttled(door_id) or (cred_k and self.credential_throttle.throttled(cred_k)):
             credential, user_id = None, request.user_id
             decision, reason = DENIED, Reason.RATE_LIMITED
@@ -238,16 +264,37 @@ class UnlockService:
         if request_id:
             answer = response.SerializeToString()
             self.replays.put(door_id, request_id, answer)
-            self._fire(self._remember(door_id, request_id, answer))
-        if decision == DENIED and reason not in (Reason.RATE_LIMITED, Reason.UNAVAILABLE):
+        if decision == DENIED and reason not in (Reason.RATE_LIMITED, Reason.UNAVAILABLE, Reason.STALE_VIEW):
             if self.door_throttle.deny(door_id):
                 self._alarm(principal, "DOOR_DENIALS_THROTTLED", door_id, "repeated denials at this door")
             if cred_k and self.credential_throttle.deny(cred_k):
                 self._alarm(principal, "CREDENTIAL_DENIALS_THROTTLED", door_id,
                             "repeated denials of one credential", credential.credential_id if credential else "")
-        self._record(principal, request, door_id, request_id, decision_id, user_id, credential, decision, reason,
-                     revision, seconds, nanos, time.perf_counter_ns() - started)
+        durable = self._record(principal, request, door_id, request_id, decision_id, user_id, credential, decision,
+                               reason, revision, seconds, nanos, time.perf_counter_ns() - started)
+        if durable is not None:
+            await self._durable(durable, time_remaining, started)
+        if request_id:
+            # Only a durable answer is shared with the other processes (Redis) for retries.
+            self._fire(self._remember(door_id, request_id, answer))
         return response
+
+    async def _durable(self, group, time_remaining: float | None, started_ns: int) -> None:
+        """Wait until the decision (`group`, from the publisher) is durable, or refuse to answer.
+
+        Not a DENIED: that would be a decision too, one that could not be recorded either,
+        answered under a decision id whose event says otherwise. UNAVAILABLE gives no
+        decision: the door stays shut and the controller retries (the same request_id then
+        gets this decision, once it is durable).
+        """
+        if group is None or group.done():
+            return
+        elapsed = (time.perf_counter_ns() - started_ns) / 1e9
+        remaining = (time_remaining if time_remaining is not None else DURABLE_WAIT_SECONDS) - elapsed
+        try:
+            await wait_durable(group, _lookups_deadline(remaining))
+        except DecisionNotDurable as exc:
+            raise Unavailable("the decision could not be recorded in time; retry shortly") from exc
 
     async def _remember(self, door_id: str, request_id: str, answer: bytes) -> None:
         if not self._redis_usable():
@@ -403,7 +450,7 @@ class UnlockService:
 
     # ---- events ------------------------------------------------------------------------
     def _record(self, principal, request, door_id: str, request_id: str, decision_id: str, user_id: str, credential,
-                decision: int, reason: int, revision: int, seconds: int, nanos: int, latency_ns: int) -> None:
+                decision: int, reason: int, revision: int, seconds: int, nanos: int, latency_ns: int):
         # One decision, one event: the decision id is also the event id. Only the values are
         # taken here (the ones Unlock holds, not read back from the request or the response);
         # the publisher encodes the envelope later, with others, off the response path.
@@ -411,7 +458,7 @@ class UnlockService:
         if request.HasField("controller_time"):
             t = request.controller_time
             controller = (t.seconds, t.nanos)
-        self.decisions.record_deferred(decision_id, envelope.decision_subject(door_id), encode_decision, (
+        return self.decisions.record_deferred(decision_id, envelope.decision_subject(door_id), encode_decision, (
             decision_id, principal.uri if principal else "", door_id, user_id,
             credential.credential_id if credential is not None else "", request_id, int(decision),
             int(reason), revision, seconds, nanos, latency_ns, controller))

@@ -10,7 +10,9 @@ fetched but not stored come first again, so storage order stays stream order
 instead of waiting out the ack timeout. An undecodable
 message is parked with its raw bytes, reported in the log, and acked, so it
 neither vanishes nor blocks the stream. Both consumers append through the
-store's single writer, so the hash chain has one order.
+store's single writer, so the hash chain has one order. A failure (broker or
+disk) is retried with a wait that goes back to its shortest after every
+stored batch: consuming never returns, so it cannot wait for a return.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from latchkit.bus import (
     connect,
     ensure_streams,
 )
-from services.audit.ports import AuditStore
+from latchkit.retry import Backoff, retry_forever
+from services.audit.ports import AuditStore, AuditWriterFenced
 from services.audit.records import to_record
 
 log = logging.getLogger("latchkey.audit.ingest")
@@ -53,19 +56,19 @@ class Ingest:
         await asyncio.gather(*(self._run_stream(s) for s in CONSUMERS))
 
     async def _run_stream(self, stream: str) -> None:
-        backoff = 0.1
-        while True:
+        async def consume(backoff: Backoff) -> None:
             try:
-                bus.raise_if_cancelled()
-                await self._consume(stream)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - outlive broker and disk hiccups
-                log.warning("ingest failed; retrying", extra={"stream": stream, "error": repr(exc)})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await self._consume(stream, backoff)
+            except AuditWriterFenced:
+                # A newer writer owns the store: consuming on would only fail again. Stop
+                # (the connection is closed) and leave the stream to it until shutdown.
+                log.error("a newer audit writer took the store; this ingest stops consuming",
+                          extra={"stream": stream})
+                await asyncio.Future()
 
-    async def _consume(self, stream: str) -> None:
+        await retry_forever(f"ingest of {stream}", consume, log)
+
+    async def _consume(self, stream: str, backoff: Backoff) -> None:
         nc = await connect(self.bus, name=f"audit-{stream.lower()}", allow_reconnect=False)
         try:
             js = nc.jetstream()
@@ -84,8 +87,11 @@ class Ingest:
                 try:
                     msgs = await puller.next()
                 except TimeoutError:
+                    backoff.reset()  # an idle round: the broker answered that nothing is waiting
                     continue
                 await self.handle(stream, msgs)
+                # Stored and acked. Not reset before `handle`: a store that keeps failing backs off.
+                backoff.reset()
         finally:
             await bus.close(nc)
 

@@ -27,7 +27,7 @@ class PermissionsApp:
             return [permissions_pb2.DESCRIPTOR.services_by_name["PermissionsService"].full_name]
 
         return ServiceSpec(name="permissions", register=register, on_stop=self.db.close,
-                           policy=authz.allowed, background=[self.relay.run, self.db.warm])
+                           policy=authz.allowed, background=[self.relay.run], startup=[self.db.warm])
 
 
 def build(settings: PermissionsSettings | None = None) -> PermissionsApp:

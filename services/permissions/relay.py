@@ -11,6 +11,9 @@
   drops it as a duplicate within the window, consumers by version after it.
 - NATS down: publishing fails, rows stay, writes keep committing; the relay
   retries with backoff and drains the backlog, in order, once NATS is back.
+  The wait goes back to its shortest after every successful round (leading
+  never returns, so resetting on return would never happen), and an ack not
+  back within `ACK_WAIT_SECONDS` counts as a dead connection.
   Rows are never relayed by "id > last seen" (see CONVENTIONS.md): the table
   itself is the queue, so a late commit can never be skipped.
 """
@@ -26,6 +29,7 @@ from prometheus_client import Gauge, Histogram
 
 from latchkit import bus
 from latchkit.bus import BusSettings, connect, ensure_streams
+from latchkit.retry import Backoff, retry_forever
 from services.permissions.adapters.postgres import NOTIFY_CHANNEL
 
 log = logging.getLogger("latchkey.permissions.relay")
@@ -34,6 +38,11 @@ BACKLOG = Gauge("latchkey_outbox_backlog", "Outbox rows not yet acknowledged by 
 PUBLISH_LAG = Histogram("latchkey_outbox_publish_lag_seconds", "Commit to JetStream PubAck",
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5, 30))
 LEADER = Gauge("latchkey_outbox_relay_leader", "1 while this process leads the relay")
+ACK_WAIT_SECONDS = 1.0
+"""How long the relay waits for a PubAck before it drops the connection and retries. A
+healthy local broker answers in milliseconds; with `allow_reconnect=False` a broker that
+went away leaves the pending acks unanswered, and each second spent waiting here is a
+second in which no permission change is published."""
 
 
 def libpq_dsn(dsn: str) -> str:
@@ -51,24 +60,16 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Forever: become leader, then relay; any failure drops leadership and retries."""
-        backoff = 0.1
-        while True:
-            try:
-                bus.raise_if_cancelled()
-                await self._lead()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the relay must outlive any single failure
-                log.warning("relay round failed; retrying", extra={"error": repr(exc), "backoff": backoff})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            else:
-                backoff = 0.1
-            finally:
-                self.is_leader = False
-                LEADER.set(0)
+        await retry_forever("relay round", self._lead_once, log)
 
-    async def _lead(self) -> None:
+    async def _lead_once(self, backoff: Backoff) -> None:
+        try:
+            await self._lead(backoff)
+        finally:
+            self.is_leader = False
+            LEADER.set(0)
+
+    async def _lead(self, backoff: Backoff) -> None:
         async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
             # Blocks until no other relay session holds the lock (it dies or steps down).
             await conn.execute("SELECT pg_advisory_lock(%s)", (RELAY_LOCK_KEY,))
@@ -84,7 +85,9 @@ class OutboxRelay:
                 while True:
                     bus.raise_if_cancelled()
                     self._wake.clear()
-                    if await self.publish_round(conn, js) == self.batch:
+                    published = await self.publish_round(conn, js)
+                    backoff.reset()  # a round went through: the next outage starts from the shortest wait
+                    if published == self.batch:
                         continue
                     try:
                         await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
@@ -118,7 +121,7 @@ class OutboxRelay:
         error: Exception | None = None
         for future in futures:
             try:
-                await asyncio.wait_for(future, timeout=5)
+                await asyncio.wait_for(future, timeout=ACK_WAIT_SECONDS)
                 acked += 1
             except Exception as exc:  # noqa: BLE001 - stop at the first failure, keep order
                 error = exc

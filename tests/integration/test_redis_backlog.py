@@ -43,7 +43,7 @@ async def world(urls, tmp_path):
     view = SqliteUnlockView(tmp_path / "view.sqlite")
     await view.open()
     service = UnlockService(view, workers_redis, DecisionPublisher(SqliteDecisionSpool(tmp_path / "spool.sqlite"),
-                                                                   BUS),
+                                                                   BUS, durability="async"),
                             KEY, projector=None, min_revision_wait=0.05,
                             credential_throttle=DenialThrottle(60, 1000), door_throttle=DenialThrottle(60, 1000))
     yield service, workers_redis, cut_off, view, tmp_path / "redis-backlog.sqlite", door, user, secret

@@ -11,7 +11,6 @@ from latchkey.events.v1 import events_pb2 as ev
 
 from latchkit import envelope, secrets
 from latchkit.bus import BusSettings
-from latchkit.errors import Unavailable
 from latchkit.identity import Principal
 from services.access.adapters.redis_cache import RedisUnlockCache
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
@@ -46,7 +45,8 @@ async def world(urls, tmp_path):
     await view.apply(ViewBatch(pairs=[pair], credentials=[cred], watermark=9))
     view_watermark = [9]
     local = LocalCache(BUS, capacity=100, ttl=60, negative_ttl=5, view_watermark=lambda: view_watermark[0])
-    service = UnlockService(view, cache, DecisionPublisher(SqliteDecisionSpool(tmp_path / "spool.sqlite"), BUS),
+    service = UnlockService(view, cache, DecisionPublisher(SqliteDecisionSpool(tmp_path / "spool.sqlite"), BUS,
+                                                               durability="async"),
                             KEY, projector=None, min_revision_wait=0.05,
                             credential_throttle=DenialThrottle(60, 1000), door_throttle=DenialThrottle(60, 1000),
                             local=local)
@@ -83,9 +83,10 @@ async def test_below_the_floor_the_cache_does_not_answer_for_revisions_the_view_
     local.apply(envelope.build(access(door, user, False), actor="test", aggregate_key=f"access/{door}/{user}",
                                aggregate_version=10, revision=10))
     assert not local.answers_at(10)
-    # The old path: the view (at 9) cannot show revision 10 within the wait.
-    with pytest.raises(Unavailable):
-        await service.unlock(controller(door), request(door, secret, 10), 5)
+    # The old path: the view (at 9) cannot show revision 10 within the wait: a stale-view denial.
+    answer = await service.unlock(controller(door), request(door, secret, 10), 5)
+    assert (answer.decision, answer.reason, answer.view_revision) == (
+        ev.DECISION_DENIED, ev.DECISION_REASON_STALE_VIEW, 9)
 
 
 async def test_a_cache_emptied_while_redis_answers_makes_the_answer_a_denial(world, monkeypatch):

@@ -90,7 +90,7 @@ class Door:
 
     def recorded_reasons(self) -> list[int]:
         """The reasons of the decision events waiting to be published, in order."""
-        return [args[7] for _, (_, _, (_, args)) in self.service.decisions._pending]
+        return [args[7] for _, (_, _, (_, args)), _ in self.service.decisions._pending]
 
 
 @pytest.fixture
@@ -105,7 +105,8 @@ async def door(own_redis, tmp_path):
                                credentials=[CredentialRow(str(uuid.uuid4()), user, 1,
                                                           secrets.hash_secret(KEY, 1, secret), False, 1)],
                                watermark=2))
-    service = UnlockService(view, cache, DecisionPublisher(SqliteDecisionSpool(tmp_path / "spool.sqlite"), BUS),
+    service = UnlockService(view, cache, DecisionPublisher(SqliteDecisionSpool(tmp_path / "spool.sqlite"), BUS,
+                                                               durability="async"),
                             KEY, projector=None, min_revision_wait=0.05,
                             credential_throttle=DenialThrottle(60, 1000), door_throttle=DenialThrottle(60, 1000))
     yield Door(service, cache, view, door, secret)
