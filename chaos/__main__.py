@@ -16,7 +16,8 @@ from latchkit.settings import REPO_ROOT
 
 def tables(result: dict) -> list[Table]:
     checks = Table(title=f"chaos invariants ({result['rounds']} rounds, {result['seconds']} s, "
-                         f"revoke promise {result['promise_s']:g} s: {result['promise_source']})")
+                         f"revoke promise {result['promise_s']:g} s, {result['recovery_promise_s']:g} s after a return: "
+                         f"{result['promise_source']})")
     checks.add_column("invariant", no_wrap=True)
     checks.add_column("value", justify="right", no_wrap=True)
     checks.add_column("verdict", no_wrap=True)

@@ -107,11 +107,13 @@ def denied_since(history: list[tuple[float, bool, int]], t: float) -> tuple[floa
     return entries[start][0], entries[start][2]
 
 
-def promise_deadline(revoked_at: float, promise_s: float, outages: list[tuple[float, float]]) -> float:
-    """When a revoke acknowledged at `revoked_at` must be honoured: `promise_s` later, or `promise_s`
-    after the end of a bus outage that overlaps that span."""
+def promise_deadline(revoked_at: float, promise_s: float, outages: list[tuple[float, float]],
+                     recovery_s: float | None = None) -> float:
+    """When a revoke acknowledged at `revoked_at` must be honoured: `promise_s` later, or `recovery_s`
+    (default `promise_s`) after the end of a bus outage that overlaps that span."""
+    recovery_s = promise_s if recovery_s is None else recovery_s
     deadline = revoked_at + promise_s
     for start, end in sorted(outages):
         if start <= deadline and end >= revoked_at:
-            deadline = max(deadline, end + promise_s)
+            deadline = max(deadline, end + recovery_s)
     return deadline

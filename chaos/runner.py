@@ -173,6 +173,7 @@ def run(rounds: int = 3, names: tuple[str, ...] | None = None, hold_s: float = 3
         result["logs"] = str(keep.relative_to(REPO_ROOT))
         result["seconds"] = round(time.monotonic() - started, 1)
         result["promise_s"] = invariants.REVOKE_PROMISE_S
+        result["recovery_promise_s"] = invariants.RECOVERY_PROMISE_S
         result["promise_source"] = invariants.REVOKE_PROMISE_SOURCE
     result["failures"] = failures(result)
     if not result["failures"]:

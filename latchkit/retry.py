@@ -1,12 +1,15 @@
 """One outage policy for every loop that must outlive its dependencies.
 
 `retry_forever(name, attempt, progressed=...)` runs `attempt()` again after
-every failure, waiting 0.1 s, 0.2 s, ... up to 5 s between failures. The wait
+every failure, waiting 0.1 s, 0.2 s, ... up to 1 s between failures. The cap
+is what a component's return can cost: a longer wait, grown during an outage,
+would leave the loop asleep for seconds after the dependency is back (the
+revocation promise gives 2 s from its return; docs/architecture.md). The wait
 goes back to 0.1 s as soon as the attempt *made progress* (it calls
 `backoff.reset()`, typically after each successful round), not only when it
 returns: a long-lived attempt such as "lead the relay" or "consume the stream"
 never returns, and an outage after an hour of work must start again from the
-shortest wait, or a 3 s outage can stall the loop for 5 s more.
+shortest wait, or a short outage can stall the loop for the longest wait more.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from latchkit import bus
 
 INITIAL_SECONDS = 0.1
-MAX_SECONDS = 5.0
+MAX_SECONDS = 1.0
 
 
 class Backoff:

@@ -202,13 +202,17 @@ class Stack:
         self.cql_engine.stop()
 
     def stop_component(self, name: str) -> None:
-        """Stop redis or nats alone (outage tests); `start_component` brings it back on the same port."""
-        if name not in ("redis", "nats"):
+        """Stop postgres, redis or nats alone (outage tests); `start_component` brings it back on the
+        same port (PostgreSQL with its data: a restart)."""
+        if name == "postgres":
+            self._postgres_down()
+        elif name in ("redis", "nats"):
+            self._stop_pidfile(name)
+        else:
             raise ValueError(name)
-        self._stop_pidfile(name)
 
     def start_component(self, name: str) -> None:
-        {"redis": self._redis_up, "nats": self._nats_up}[name]()
+        {"postgres": self._postgres_up, "redis": self._redis_up, "nats": self._nats_up}[name]()
 
     def pid(self, name: str) -> int:
         """The process id of redis or nats (a benchmark reads its CPU time)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import datetime as dt
 import json
@@ -16,7 +17,8 @@ from rich.progress import Progress
 app = typer.Typer(help="The audit log: verify it, export it.", no_args_is_help=True)
 console = Console(stderr=True)
 CSV_FIELDS = ("event_id", "type", "actor", "action", "user_id", "door_id", "credential_id", "outcome", "reason",
-              "revision", "source_time", "stored_time", "hash")
+              "revision", "source_time", "stored_time", "hash", "prev_hash")
+CHAIN_FIELDS = ("hash", "prev_hash")
 
 
 def _stub():
@@ -30,6 +32,10 @@ def _stub():
     tls = TlsSettings.for_identity("auditor", prefix="LATCHKEY_CLIENT")
     channel = grpc.secure_channel(endpoints.AUDIT.target, channel_credentials(tls))
     return channel, audit_pb2_grpc.AuditServiceStub(channel)
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
 
 
 def _ts(value: str | None, target, option: str) -> None:
@@ -89,12 +95,16 @@ def verify(start: str = typer.Option(None, help="ISO time; default: the beginnin
 
 @app.command("export")
 def export(out: Path = typer.Option(None, help="file to write; default: standard output"),
-           fmt: str = typer.Option("jsonl", "--format", help="jsonl or csv"),
+           fmt: str = typer.Option("jsonl", "--format", help="jsonl or csv; hash and prev_hash are base64 in both"),
            door: str = typer.Option("", help="only this door"), user: str = typer.Option("", help="only this user"),
            event_type: list[str] = typer.Option([], "--type", help="event type (repeatable)"),
            start: str = typer.Option(None, help="ISO time, inclusive"),
            end: str = typer.Option(None, help="ISO time, exclusive")) -> None:
-    """Write a filtered range of the audit log as JSON Lines or CSV, oldest first."""
+    """Write a filtered range of the audit log as JSON Lines or CSV, oldest first.
+
+    Both formats carry the chain fields hash and prev_hash in standard base64 with padding: what protobuf
+    JSON writes for bytes, so a CSV row and a JSON line hold the same text.
+    """
     from google.protobuf.json_format import MessageToDict
     from latchkey.audit.v1 import audit_pb2
 
@@ -116,9 +126,12 @@ def export(out: Path = typer.Option(None, help="file to write; default: standard
                 if writer:
                     writer.writerow([e.event_id, e.type, e.actor, e.action, e.user_id, e.door_id, e.credential_id,
                                      e.outcome, e.reason, e.revision, e.source_time.ToJsonString(),
-                                     e.stored_time.ToJsonString(), e.hash.hex()])
+                                     e.stored_time.ToJsonString(), _b64(e.hash), _b64(e.prev_hash)])
                 else:
-                    sink.write(json.dumps(MessageToDict(e, preserving_proto_field_name=True)) + "\n")
+                    line = MessageToDict(e, preserving_proto_field_name=True)
+                    # Protobuf JSON leaves out empty bytes; a chain field is written even then.
+                    line.update({f: _b64(getattr(e, f)) for f in CHAIN_FIELDS})
+                    sink.write(json.dumps(line) + "\n")
                 count += 1
                 if count % 500 == 0:
                     bar.update(task, completed=count)

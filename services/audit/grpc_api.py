@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
+import time
 
 import grpc
 from latchkey.audit.v1 import audit_pb2, audit_pb2_grpc
@@ -44,6 +46,10 @@ def micros(request, field: str) -> int:
     if not (0 <= ts.seconds <= MAX_TS and 0 <= ts.nanos < 1_000_000_000):
         raise InvalidArgument(field, "must be a timestamp between 1970 and 9999")
     return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def _past(end_us: int) -> bool:
+    return bool(end_us) and end_us <= time.time_ns() // 1000
 
 
 def parse_query(request) -> tuple[AuditQuery, int]:
@@ -106,8 +112,10 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             await abort(context, exc)
 
     async def _stream(self, request, query: AuditQuery, after: int, batch: int):
+        # Follow is ignored past end_time: with an end_time already gone, the history is all.
+        follow = request.follow and self.ingest is not None and not _past(query.end_us)
         while True:
-            if request.follow and self.ingest is not None:
+            if follow:
                 # Read the store's tail before reading, so nothing appended after the
                 # read can be missed by the wait below.
                 tail = await self.store.last_seq()
@@ -123,11 +131,31 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                     yield encode_response(record, encode_cursor(record.seq))
             if len(records) == max(PAGE, batch):
                 continue
-            if not request.follow or self.ingest is None:
+            if not follow:
                 return
-            async with self.ingest.appended:
+            follow = await self._await_append(tail, query.end_us)
+
+    async def _await_append(self, tail: int, end_us: int) -> bool:
+        """Wait until the store grows past `tail`; False once the clock reaches `end_us`.
+
+        On False the caller reads once more (what was stored up to then) and ends.
+        An event that happened before end_time but is stored later (a decision
+        spooled at a door) is not waited for: a read without follow finds it.
+        The timeout runs in this request's own task, never as a `wait_for` around
+        the Condition that ingest shares.
+        """
+        remaining = None
+        if end_us:
+            remaining = end_us / 1_000_000 - time.time()
+            if remaining <= 0:
+                return False
+        try:
+            async with asyncio.timeout(remaining), self.ingest.appended:
                 if await self.store.last_seq() == tail:
                     await self.ingest.appended.wait()
+        except TimeoutError:
+            return False
+        return True
 
     @handles_errors
     async def VerifyChain(self, request, context):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 
 from latchkey.events.v1 import events_pb2 as ev
 from latchkey.permissions.v1 import permissions_pb2 as pm
@@ -86,16 +87,23 @@ def mask_paths(request, allowed: tuple[str, ...]) -> tuple[str, ...]:
 class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
     def __init__(self, db: Database, hmac_key: bytes) -> None:
         self.db = db
+        self.hmac_key = hmac_key
         self.directory = Directory(db)
         self.access = Access(db, hmac_key)
 
-    async def _write(self, method: str, response, work, request_id: str = ""):
-        """Run `work(uow, response)` in one write transaction; replay a create by request_id."""
+    async def _write(self, method: str, response, work, request=None):
+        """Run `work(uow, response)` in one write transaction; replay a create by request_id.
+
+        A retry (same caller, request_id and request) gets the first answer; a
+        request_id reused for a different request is refused (AIP-155), never
+        answered with another request's result.
+        """
         caller, replay = actor(), None
-        v.request_id(request_id)
+        request_id = v.request_id(request.request_id) if request is not None else ""
+        digest = self._request_digest(method, request) if request_id else b""
         async with self.db.write() as uow:
             if request_id:
-                replay = await uow.row("SELECT method, response FROM idempotency "
+                replay = await uow.row("SELECT method, response, request_hash FROM idempotency "
                                        "WHERE caller = :c AND request_id = :r", c=caller, r=request_id)
             if replay is not None:
                 uow.cancel()
@@ -103,15 +111,31 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
                 await work(uow, response)
                 if request_id:
                     response.revision = uow.revision
-                    await uow.execute("INSERT INTO idempotency (caller, request_id, method, response) "
-                                      "VALUES (:c, :r, :m, :b)", c=caller, r=request_id, m=method,
-                                      b=response.SerializeToString())
+                    await uow.execute("INSERT INTO idempotency (caller, request_id, method, response, request_hash) "
+                                      "VALUES (:c, :r, :m, :b, :h)", c=caller, r=request_id, m=method,
+                                      b=response.SerializeToString(), h=digest)
         if replay is not None:
             if replay["method"] != method:
                 raise AlreadyExists(f"request_id was already used for {replay['method']}")
+            # Rows from before request_hash existed carry none: replayed as they always were.
+            if replay["request_hash"] is not None and bytes(replay["request_hash"]) != digest:
+                raise InvalidArgument("request_id", "was already used for a different request; a retry must "
+                                                    "repeat the request unchanged, a new request needs a new "
+                                                    "request_id")
             return type(response).FromString(replay["response"])
         response.revision = uow.revision
         return response
+
+    def _request_digest(self, method: str, request) -> bytes:
+        """HMAC-SHA256 of the whole request, deterministically serialized.
+
+        Keyed, because some requests carry a secret (a credential's PIN has few
+        enough values to brute-force an unkeyed hash); the method and a label in
+        front keep it apart from the credential hashes made with the same key.
+        """
+        body = request.SerializeToString(deterministic=True)
+        return hmac.digest(self.hmac_key, b"latchkey/idempotency/v1\0" + method.encode() + b"\0" + body,
+                           "sha256")
 
     async def _read(self, fn):
         async with self.db.read() as uow:
@@ -127,7 +151,7 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
 
         async def work(uow, resp):
             resp.user.CopyFrom(user_pb(await self.directory.create_user(uow, name, email, ext)))
-        return await self._write("CreateUser", pm.CreateUserResponse(), work, request.request_id)
+        return await self._write("CreateUser", pm.CreateUserResponse(), work, request)
 
     @handles_errors
     async def GetUser(self, request, context):
@@ -186,7 +210,7 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
 
         async def work(uow, resp):
             resp.door.CopyFrom(door_pb(await self.directory.create_door(uow, name, site, zone, d.lockdown)))
-        return await self._write("CreateDoor", pm.CreateDoorResponse(), work, request.request_id)
+        return await self._write("CreateDoor", pm.CreateDoorResponse(), work, request)
 
     @handles_errors
     async def GetDoor(self, request, context):
@@ -238,7 +262,7 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
 
         async def work(uow, resp):
             resp.group.CopyFrom(group_pb(await self.directory.create_group(uow, name)))
-        return await self._write("CreateGroup", pm.CreateGroupResponse(), work, request.request_id)
+        return await self._write("CreateGroup", pm.CreateGroupResponse(), work, request)
 
     @handles_errors
     async def GetGroup(self, request, context):
@@ -311,7 +335,7 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
         async def work(uow, resp):
             row = await self.directory.create_schedule(uow, name, windows)
             resp.schedule.CopyFrom(await self._schedule_pb(uow, row))
-        return await self._write("CreateSchedule", pm.CreateScheduleResponse(), work, request.request_id)
+        return await self._write("CreateSchedule", pm.CreateScheduleResponse(), work, request)
 
     @handles_errors
     async def GetSchedule(self, request, context):
@@ -359,7 +383,7 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
         async def work(uow, resp):
             row = await self.access.issue_credential(uow, user_id, request.kind, secret, label)
             resp.credential.CopyFrom(credential_pb(row))
-        return await self._write("IssueCredential", pm.IssueCredentialResponse(), work, request.request_id)
+        return await self._write("IssueCredential", pm.IssueCredentialResponse(), work, request)
 
     @handles_errors
     async def GetCredential(self, request, context):
@@ -403,7 +427,7 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
         async def work(uow, resp):
             row = await self.access.grant(uow, user_id, group_id, door_id, valid_from, valid_until, schedule_id)
             resp.grant.CopyFrom(grant_pb(row))
-        return await self._write("GrantAccess", pm.GrantAccessResponse(), work, request.request_id)
+        return await self._write("GrantAccess", pm.GrantAccessResponse(), work, request)
 
     @handles_errors
     async def GetGrant(self, request, context):

@@ -19,6 +19,7 @@ from latchkit.bus import DECISIONS_STREAM, PERMISSIONS_STREAM, BusSettings, ensu
 from latchkit.run import health_of
 from latchkit.settings import REPO_ROOT
 from latchkit.stack import free_port
+from tests.integration.conftest import fresh_database
 
 
 @dataclass
@@ -63,7 +64,9 @@ def system(request, stack, pki, tmp_path_factory):
         **{k: v for k, v in os.environ.items() if not k.startswith("LATCHKEY_SCYLLA_")},
         "LATCHKEY_STATE_DIR": str(state),
         "LATCHKEY_CERTS_DIR": str(pki.dir),
-        "LATCHKEY_POSTGRES_DSN": urls.postgres_dsn,
+        # A database of its own: each leg's view starts empty and needs every revision from 1,
+        # on streams purged below (revisions carried over from another leg would never arrive).
+        "LATCHKEY_POSTGRES_DSN": fresh_database(urls),
         "LATCHKEY_REDIS_URL": urls.redis_url,
         "LATCHKEY_NATS_URL": urls.nats_url,
         "LATCHKEY_ACCESS_WORKERS": "1",
