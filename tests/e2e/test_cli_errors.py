@@ -59,7 +59,7 @@ def test_an_unreachable_service_is_exit_5_not_a_broken_chain(env):
 def test_a_refused_request_prints_the_servers_message_with_exit_4(system, pki, env):
     env["LATCHKEY_AUDIT_TARGET"] = system.targets["audit"]
     assert_one_clear_line(latchkey("audit", "export", "--type", "bogus", **env), cli_errors.REFUSED,
-                          "INVALID_ARGUMENT", "bogus")
+                          "INVALID_ARGUMENT", "event_types[0]: unknown type")
 
 
 def test_version(env):
