@@ -67,14 +67,14 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path, stack: Stack) -> dict:
         await empty_streams(stack_urls.nats_url)
         env = {**backend_env(backend, stack), "LATCHKEY_POSTGRES_DSN": fresh_database(stack_urls.postgres_dsn)}
         rows.update(await view_rows(backend, stack_urls, pki_dir, state_dir / f"view-{backend}", env))
-        rows[f"view_apply[{backend}]"] = await view_apply(backend, state_dir / f"apply-{backend}", env)
+        rows[f"view_apply:{backend}"] = await view_apply(backend, state_dir / f"apply-{backend}", env)
         rows.update(await audit_rows(backend, stack_urls, pki_dir, state_dir / f"audit-{backend}", env))
     floor = rows["echo_floor@1"]["p50_ms"]
     for name, row in rows.items():
         if "p50_ms" in row and not name.startswith("echo_floor"):
             row["p50_x_floor"] = row["p50_ms"] / floor
-        if "[cql]" in name and name.replace("[cql]", "[embedded]") in rows:
-            twin = rows[name.replace("[cql]", "[embedded]")]
+        if ":cql" in name and name.replace(":cql", ":embedded") in rows:
+            twin = rows[name.replace(":cql", ":embedded")]
             if row.get("rps") and twin.get("rps"):
                 row["rps_x_embedded"] = row["rps"] / twin["rps"]
             if row.get("p50_ms") and twin.get("p50_ms"):
@@ -113,12 +113,12 @@ async def view_rows(backend: str, stack_urls, pki_dir: Path, state: Path, env: d
             door, cards, revision = await seed(admin, f"cql-{backend}", VIEW_KEYS)
         async with aio_channel(services.targets["access"], door_tls(pki_dir, door.door_id)) as ch:
             stub = access_pb2_grpc.AccessServiceStub(ch)
-            rows[f"view_catch_up_after_seed[{backend}]"] = await catch_up(stub, door, cards[0], revision)
+            rows[f"view_catch_up_after_seed:{backend}"] = await catch_up(stub, door, cards[0], revision)
             r = aioredis.Redis.from_url(stack_urls.redis_url)
             try:
                 for n in IN_FLIGHT:
                     await r.flushall()
-                    rows[f"view_hit_after_flush@{n}[{backend}]"] = await each_card_once(stub, door, cards, n)
+                    rows[f"view_hit_after_flush@{n}:{backend}"] = await each_card_once(stub, door, cards, n)
             finally:
                 await r.aclose()
     finally:
@@ -237,10 +237,10 @@ async def audit_rows(backend: str, stack_urls, pki_dir: Path, state: Path, env: 
         js = nc.jetstream()
         async with aio_channel(services.targets["audit"], tls(pki_dir, "auditor")) as ch:
             stub = audit_pb2_grpc.AuditServiceStub(ch)
-            rows[f"auditlog_stream[{backend}]"] = await stream_rate(stub)
-            rows[f"auditlog_stream_max_batch_256[{backend}]"] = await stream_rate(stub, batch=256)
-            rows[f"audit_ingest[{backend}]"] = await ingest(js, stub)
-            rows[f"publish_to_visible_lag[{backend}]"] = await visible_lag(js, stub)
+            rows[f"auditlog_stream:{backend}"] = await stream_rate(stub)
+            rows[f"auditlog_stream_max_batch_256:{backend}"] = await stream_rate(stub, batch=256)
+            rows[f"audit_ingest:{backend}"] = await ingest(js, stub)
+            rows[f"publish_to_visible_lag:{backend}"] = await visible_lag(js, stub)
     finally:
         await nc.close()
         services.stop()
