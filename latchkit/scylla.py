@@ -145,8 +145,11 @@ def connect(settings: ScyllaSettings):
     return cluster, cluster.connect()
 
 
-async def pages(session, statement, params=None):
+async def pages(session, statement, params=None, fetch_size: int | None = None):
     """Yield each page of rows; the next page is fetched asynchronously, never by iterating a ResultSet.
+
+    `fetch_size` (a prepared statement's rows per page; the driver's default is 5,000)
+    keeps a read that wants a few rows from fetching and decoding thousands.
 
     The driver calls the callbacks on its own threads, once per page, so they
     only hand the page to the event loop (`call_soon_threadsafe`). A write (a
@@ -154,6 +157,9 @@ async def pages(session, statement, params=None):
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
+    if fetch_size is not None and hasattr(statement, "bind"):
+        statement, params = statement.bind(params), None
+        statement.fetch_size = fetch_size
     response = session.execute_async(statement, params)
     response.add_callbacks(lambda rows: loop.call_soon_threadsafe(queue.put_nowait, (rows, None)),
                            lambda exc: loop.call_soon_threadsafe(queue.put_nowait, (None, exc)))

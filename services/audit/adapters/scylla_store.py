@@ -439,8 +439,10 @@ class ScyllaAuditStore:
                 stmt, params = self.s["door" if query.door_id else "user"], (key, day, after_seq, view.tail)
             else:
                 stmt, params = self.s["rows"], (part, after_seq, view.tail)
-            # Page through the whole partition: a filter may reject any number of rows.
-            async for page in pages(self.session, stmt, params):
+            # Page through the whole partition: a filter may reject any number of rows. Pages
+            # are sized to what is still wanted (at least 100 rows, at most the driver's 5,000).
+            wanted = min(max(limit - len(found), 100), 5000)
+            async for page in pages(self.session, stmt, params, fetch_size=wanted):
                 for row in page:
                     r = _record(row)
                     if view.valid(r.seq, row[-1]) and self._matches(r, query):
