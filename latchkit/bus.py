@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from dataclasses import dataclass
 
 import nats
@@ -77,19 +78,39 @@ def raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+_closed_on_purpose: weakref.WeakSet = weakref.WeakSet()
+_shutting_down = False
+
+
+def shutting_down() -> None:
+    """The process is stopping: from now on a lost connection is expected, not news.
+
+    A normal stop closes every connection (and a Ctrl-C in a terminal may stop the
+    broker as well), so each would otherwise log a "nats disconnected" warning.
+    """
+    global _shutting_down
+    _shutting_down = True
+
+
 async def connect(settings: BusSettings, *, name: str, **options) -> nats.NATS:
     """Connect with endless reconnects: a broker outage is waited out, never fatal."""
+    client: list[nats.NATS] = []
+
+    def level() -> int:
+        # Our own `close` (nats-py reports it as a disconnect) or a stopping process: debug.
+        expected = _shutting_down or (client and client[0] in _closed_on_purpose)
+        return logging.DEBUG if expected else logging.WARNING
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected", extra={"client": name})
+        log.log(level(), "nats disconnected", extra={"client": name})
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", extra={"client": name})
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error", extra={"client": name, "error": repr(exc)})
+        log.log(level(), "nats error", extra={"client": name, "error": repr(exc)})
 
-    return await nats.connect(
+    nc = await nats.connect(
         settings.url,
         name=name,
         max_reconnect_attempts=-1,
@@ -99,6 +120,8 @@ async def connect(settings: BusSettings, *, name: str, **options) -> nats.NATS:
         error_cb=on_error,
         **options,
     )
+    client.append(nc)
+    return nc
 
 
 _closing: set[asyncio.Task] = set()
@@ -116,6 +139,7 @@ async def close(nc: nats.NATS, limit_s: float = 2.0) -> None:
     """
     if nc.is_closed:
         return
+    _closed_on_purpose.add(nc)
     task = asyncio.ensure_future(nc.close())
     _closing.add(task)
     task.add_done_callback(_closing.discard)

@@ -7,6 +7,7 @@ the wrapped behaviour (see CONVENTIONS.md, "Traps").
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from collections.abc import Callable
 import grpc
 
 from latchkit.identity import Principal, current_principal, principal_from_context
-from latchkit.metrics import RPC_LATENCY, RPC_REQUESTS
+from latchkit.metrics import HANDLED, HANDLING_SECONDS, STARTED, split_method
 
 Policy = Callable[[Principal, str], bool]
 OPEN_METHODS = frozenset(
@@ -40,6 +41,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, policy: Policy = allow_any_principal) -> None:
         self._policy = policy
+        # Labelled children by (method, code): `labels()` takes a lock on every call, a dict does not.
+        self._started: dict[str, object] = {}
+        self._ended: dict[tuple[str, str], tuple] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -47,10 +51,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return None
         method = handler_call_details.method
         open_method = method in OPEN_METHODS
-        latency = RPC_LATENCY.labels(method)
         policy = self._policy
+        service, name = split_method(method)
+        grpc_type = ("unary" if handler.unary_unary is not None else
+                     "server_stream" if handler.unary_stream is not None else
+                     "client_stream" if handler.stream_unary is not None else "bidi_stream")
+
+        started_count = self._started.get(method)
+        if started_count is None:
+            started_count = self._started[method] = STARTED.labels(service, name, grpc_type)
+        ended = self._ended
 
         async def check(context) -> bool:
+            started_count.inc()
             principal = principal_from_context(context)
             if principal is None and not open_method:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no latchkey identity in the client certificate")
@@ -64,10 +77,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         def record(context, started: float, failed: bool) -> None:
             code = context.code() if hasattr(context, "code") else None
             if code is None:
-                code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-            RPC_REQUESTS.labels(method, name).inc()
-            latency.observe(time.perf_counter() - started)
+                if not failed:
+                    code = grpc.StatusCode.OK
+                else:
+                    # A call the client gave up on (a follow it closed) ends in a cancel.
+                    task = asyncio.current_task()
+                    cancelled = task is not None and task.cancelling()
+                    code = grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.UNKNOWN
+            code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            children = ended.get((method, code_name))
+            if children is None:
+                children = ended[(method, code_name)] = (HANDLED.labels(service, name, grpc_type, code_name),
+                                                         HANDLING_SECONDS.labels(service, name, grpc_type, code_name))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
         if handler.unary_unary is not None:
             inner = handler.unary_unary
@@ -118,13 +141,36 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer
             )
+        if handler.stream_unary is not None:
+            inner_client_stream = handler.stream_unary
+
+            async def stream_unary(request_iterator, context):
+                started = time.perf_counter()
+                failed = True
+                try:
+                    await check(context)
+                    response = await inner_client_stream(request_iterator, context)
+                    failed = False
+                    return response
+                finally:
+                    record(context, started, failed)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, handler.request_deserializer, handler.response_serializer
+            )
         if handler.stream_stream is not None:
             inner_bidi = handler.stream_stream
 
             async def stream_stream(request_iterator, context):
-                await check(context)
-                async for item in inner_bidi(request_iterator, context):
-                    yield item
+                started = time.perf_counter()
+                failed = True
+                try:
+                    await check(context)
+                    async for item in inner_bidi(request_iterator, context):
+                        yield item
+                    failed = False
+                finally:
+                    record(context, started, failed)
 
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream, handler.request_deserializer, handler.response_serializer

@@ -1,6 +1,6 @@
 """The gRPC server runner every service uses.
 
-grpc.aio on uvloop, mTLS only, standard health and reflection services, one
+grpc.aio on uvloop, mTLS only, standard health and reflection (v1 and v1alpha) services, one
 interceptor for identity/authorization/metrics, and a graceful shutdown on
 SIGTERM/SIGINT: health turns NOT_SERVING, in-flight calls get the grace
 period, then the service's own resources close.
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from latchkit import bus, reflection
 from latchkit.interceptor import Policy, ServerInterceptor, allow_any_principal
 from latchkit.metrics import serve_metrics
 from latchkit.settings import ServerSettings
@@ -124,10 +124,7 @@ async def start(settings: ServerSettings, spec: ServiceSpec) -> RunningServer:
     names = tuple(spec.register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    reflection.enable(server, (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     port = server.add_secure_port(f"{settings.host}:{settings.port}", server_credentials(settings.tls))
     if port == 0:
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
@@ -174,6 +171,7 @@ async def serve_forever(settings: ServerSettings, spec: ServiceSpec) -> None:
     try:
         await stop.wait()
     finally:
+        bus.shutting_down()
         log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
         await running.stop(settings.grace_seconds)
         if spec.on_stop is not None:

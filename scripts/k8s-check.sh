@@ -38,7 +38,7 @@ for overlay in single-node production; do
   "$tools/bin/kubectl" kustomize "deploy/k8s/overlays/$overlay" > "$out/$overlay.yaml.tmp"
   mv "$out/$overlay.yaml.tmp" "$out/$overlay.yaml"
   # Operator CRDs (ScyllaCluster, CloudNativePG Cluster, cert-manager Issuer and
-  # Certificate) have no schema vendored here (their CRDs live in the operators'
+  # Certificate, Prometheus Operator ServiceMonitor) have no schema vendored here (their CRDs live in the operators'
   # GitHub releases, which this machine cannot reach): scripts/k8s_validate.py
   # skips them by kind and names each one; tests/deploy checks their key fields.
   "$tools/bin/python" scripts/k8s_validate.py "$k8s_version" "$out/$overlay.yaml"

@@ -1,7 +1,8 @@
 """Validate rendered manifests against the Kubernetes schemas (run with the k8s tool environment).
 
-Operator resources (ScyllaCluster, CloudNativePG Cluster, cert-manager) have
-no schema vendored here; they are skipped by kind, and named in the output.
+Operator resources (ScyllaCluster, CloudNativePG Cluster, cert-manager, the
+Prometheus Operator's ServiceMonitor) have no schema vendored here; they are
+skipped by kind, and named in the output.
 """
 
 import sys
@@ -9,7 +10,7 @@ import sys
 import kubernetes_validate
 import yaml
 
-OPERATOR_KINDS = {"ScyllaCluster", "Cluster", "Certificate", "Issuer"}
+OPERATOR_KINDS = {"ScyllaCluster", "Cluster", "Certificate", "Issuer", "ServiceMonitor"}
 
 
 def main(version: str, paths: list[str]) -> int:

@@ -294,9 +294,9 @@ def test_production_data_tier():
     dsn = container_env(docs, service_container(docs, "permissions"))["LATCHKEY_POSTGRES_DSN"]
     assert dsn == {"secretKeyRef": {"name": f"{postgres['metadata']['name']}-app", "key": "uri"}}
     certs = {d["metadata"]["name"]: d["spec"].get("uris") for d in docs if d["kind"] == "Certificate"}
-    # The services' identities, and ScyllaDB's serving certificate, which is no identity.
+    # The services' identities; ScyllaDB's serving certificate and Prometheus' client one are none.
     assert certs == {**{f"latchkey-{s}": [f"spiffe://latchkey/service/{s}"] for s in SERVICES},
-                     "latchkey-scylla": None}
+                     "latchkey-scylla": None, "latchkey-prometheus": None}
     nats_conf = find(docs, "ConfigMap", "nats-config")["data"]["nats.conf"]
     assert "sync_interval: always" in nats_conf
     assert find(docs, "StatefulSet", "nats")["spec"]["replicas"] == 3
@@ -392,3 +392,32 @@ def test_production_cql_is_encrypted_and_authenticated():
             mount = next(m for m in rack["volumeMounts"] if path == f"{m['mountPath']}/{key}")
             volume = next(v for v in rack["volumes"] if v["name"] == mount["name"])
             assert volume["secret"]["secretName"] == certificate["secretName"], rack["name"]
+
+
+def test_production_prometheus_scrapes_every_service_over_mtls():
+    docs = documents("production")
+    client = find(docs, "Certificate", "latchkey-prometheus")["spec"]
+    assert client["usages"] == ["client auth"] and "uris" not in client
+    assert client["issuerRef"] == {"name": "latchkey-ca", "kind": "Issuer"}
+    secret = client["secretName"]
+    for name in SERVICES:
+        monitor = find(docs, "ServiceMonitor", name)
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        service = find(docs, "Service", name)
+        # It selects the service's Service, on the port the metrics listen on.
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        [endpoint] = monitor["spec"]["endpoints"]
+        port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
+        assert port["port"] == PORTS[name][1]
+        # Over https, presenting the client certificate, checking the name the server's certificate carries.
+        tls = endpoint["tlsConfig"]
+        assert endpoint["scheme"] == "https"
+        assert tls["ca"] == {"secret": {"name": secret, "key": "ca.crt"}}
+        assert tls["cert"] == {"secret": {"name": secret, "key": "tls.crt"}}
+        assert tls["keySecret"] == {"name": secret, "key": "tls.key"}
+        assert tls["serverName"] in find(docs, "Certificate", f"latchkey-{name}")["spec"]["dnsNames"]
+        # And the NetworkPolicy lets the monitoring namespace reach that port.
+        policy = find(docs, "NetworkPolicy", name)["spec"]["ingress"]
+        assert any({"protocol": "TCP", "port": port["port"]} in rule["ports"] and any(
+            peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+            == "monitoring" for peer in rule.get("from", [])) for rule in policy), name

@@ -1,4 +1,4 @@
-"""Unlock's per-source counter is exported as the Prometheus counter it always was."""
+"""Unlock's counters: answers by source, and by decision and reason."""
 
 from prometheus_client import REGISTRY, generate_latest
 
@@ -16,3 +16,13 @@ def test_each_source_counts_under_its_label():
     text = generate_latest(REGISTRY).decode()
     assert f"# TYPE {name} counter" in text
     assert f'{name}{{source="memory"}} {after["memory"]}' in text
+
+
+def test_decisions_count_by_decision_and_reason():
+    from latchkey.events.v1 import events_pb2 as ev
+
+    name = "latchkey_access_unlock_decisions_total"
+    labels = {"decision": "DENIED", "reason": "STALE_VIEW"}
+    before = REGISTRY.get_sample_value(name, labels) or 0
+    service._decided(ev.DECISION_DENIED, ev.DECISION_REASON_STALE_VIEW).inc()
+    assert REGISTRY.get_sample_value(name, labels) == before + 1
