@@ -15,6 +15,7 @@ not land on one of them only.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 import time
@@ -49,6 +50,16 @@ from latchkit.stack import Stack, free_port
 IN_FLIGHT = (1, 8, 32)
 SECONDS = 3.0
 VIEW_KEYS = 600
+_REQUEST_IDS = itertools.count()
+
+
+def fresh(prototype: access_pb2.UnlockRequest) -> access_pb2.UnlockRequest:
+    """`prototype` with a request_id of its own (a counter: cheap). Unlock requires one, and a
+    reused one is a replay (the first answer again), which would measure the replay path."""
+    request = access_pb2.UnlockRequest()
+    request.CopyFrom(prototype)
+    request.request_id = f"bench-{next(_REQUEST_IDS)}"
+    return request
 
 
 def door_tls(pki_dir: Path, door_id: str) -> TlsSettings:
@@ -148,29 +159,29 @@ async def measure(target, pki_dir, echo_port, pg_port, bound_port, hot_door, hot
         answer_and_record = bch.unary_unary(ANSWER_AND_RECORD, access_pb2.UnlockRequest.SerializeToString,
                                             access_pb2.UnlockResponse.FromString)
         hit = access_pb2.UnlockRequest(door_id=hot_door.door_id, credential=hot_card, min_revision=revision)
-        first = await stub.Unlock(hit, timeout=5)
+        first = await stub.Unlock(fresh(hit), timeout=5)
         assert first.decision == ev.DECISION_GRANTED, first
         hit.ClearField("min_revision")
-        payload = hit.SerializeToString()
+        payload = fresh(hit).SerializeToString()  # as long as the requests the other cases send
         deny = access_pb2.UnlockRequest(door_id=hot_door.door_id, credential=unknown)
 
         async def call_echo(i):
             await echo(payload, timeout=5)
 
         async def call_answer(i):
-            await answer(hit, timeout=5)
+            await answer(fresh(hit), timeout=5)
 
         async def call_answer_and_event(i):
-            await answer_and_record(hit, timeout=5)
+            await answer_and_record(fresh(hit), timeout=5)
 
         async def call_hit(i):
-            await stub.Unlock(hit, timeout=5)
+            await stub.Unlock(fresh(hit), timeout=5)
 
         async def call_deny(i):
-            await stub.Unlock(deny, timeout=5)
+            await stub.Unlock(fresh(deny), timeout=5)
 
         async def call_pg(i):
-            await pstub.Unlock(hit, timeout=5)
+            await pstub.Unlock(fresh(hit), timeout=5)
 
         for n in IN_FLIGHT:
             measured = await interleaved({"echo_floor": call_echo, "bound_answer_only": call_answer,
@@ -190,12 +201,12 @@ async def measure_redis_and_view(target, pki_dir, stack_urls, hot_door, hot_card
             aio_channel(target, door_tls(pki_dir, view_door.door_id)) as vch:
         stub, vstub = access_pb2_grpc.AccessServiceStub(ch), access_pb2_grpc.AccessServiceStub(vch)
         hit = access_pb2.UnlockRequest(door_id=hot_door.door_id, credential=hot_card, min_revision=revision)
-        first = await stub.Unlock(hit, timeout=5)
+        first = await stub.Unlock(fresh(hit), timeout=5)
         assert first.decision == ev.DECISION_GRANTED, first
         hit.ClearField("min_revision")
 
         async def call_hit(i):
-            await stub.Unlock(hit, timeout=5)
+            await stub.Unlock(fresh(hit), timeout=5)
 
         r = aioredis.Redis.from_url(stack_urls.redis_url)
         # Workers trust Redis only under their projector's lease: without it this row would
@@ -216,8 +227,8 @@ async def measure_redis_and_view(target, pki_dir, stack_urls, hot_door, hot_card
                 while queue:
                     card = queue.pop()
                     t0 = time.perf_counter()
-                    answer = await vstub.Unlock(access_pb2.UnlockRequest(door_id=view_door.door_id, credential=card),
-                                                timeout=5)
+                    answer = await vstub.Unlock(fresh(access_pb2.UnlockRequest(door_id=view_door.door_id,
+                                                                               credential=card)), timeout=5)
                     latencies.append(time.perf_counter() - t0)
                     assert answer.decision == ev.DECISION_GRANTED
 
@@ -239,11 +250,11 @@ async def revocation(admin, services, pki_dir, trials: int = 60) -> dict:
             g = await admin.GrantAccess(pm.GrantAccessRequest(grant=pm.Grant(user_id=user.user_id,
                                                                              door_id=door.door_id)))
             request.min_revision = g.revision
-            assert (await stub.Unlock(request, timeout=5)).decision == ev.DECISION_GRANTED
+            assert (await stub.Unlock(fresh(request), timeout=5)).decision == ev.DECISION_GRANTED
             request.min_revision = 0
             await admin.RevokeAccess(pm.RevokeAccessRequest(grant_id=g.grant.grant_id))
             t0 = time.perf_counter()
-            while (await stub.Unlock(request, timeout=5)).decision == ev.DECISION_GRANTED:
+            while (await stub.Unlock(fresh(request), timeout=5)).decision == ev.DECISION_GRANTED:
                 pass
             delays.append(time.perf_counter() - t0)
     return {"p50_ms": percentile(delays, 0.5) * 1e3, "p99_ms": percentile(delays, 0.99) * 1e3,

@@ -2,8 +2,9 @@
 
 Two methods on the same runner, TLS and interceptor as the echo floor:
 
-- `Answer` takes an UnlockRequest and returns an UnlockResponse built the way
-  Unlock builds a grant (a fresh decision id and server time), deciding nothing;
+- `Answer` takes an UnlockRequest, checks its request_id as Unlock does, and
+  returns an UnlockResponse built the way Unlock builds a grant (a fresh
+  decision id and server time), deciding nothing;
 - `AnswerAndRecord` does the same and records the decision's event exactly as
   Unlock does: `DecisionPublisher.record_deferred` with Unlock's `encode_decision`,
   its batching, to the same JetStream stream, and answers when Unlock would: in
@@ -33,9 +34,10 @@ from bench.echo_server import floor_settings
 from latchkit import envelope, ids, server
 from latchkit.access_rules import Reason
 from latchkit.bus import BusSettings
+from latchkit.errors import InvalidArgument, abort
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 from services.access.decisions import DecisionPublisher, wait_durable
-from services.access.service import encode_decision
+from services.access.service import check_id, encode_decision
 from services.access.settings import decision_durability
 
 SERVICE = "latchkey.bench.Bound"
@@ -60,10 +62,18 @@ def register(decisions: DecisionPublisher):
         return response, decision_id, seconds, nanos
 
     async def answer_only(request, context):
+        try:
+            check_id(request.request_id, "request_id")
+        except InvalidArgument as exc:
+            await abort(context, exc)
         return answer()[0]
 
     async def answer_and_record(request, context):
         started = time.perf_counter_ns()
+        try:
+            check_id(request.request_id, "request_id")
+        except InvalidArgument as exc:
+            await abort(context, exc)
         response, decision_id, seconds, nanos = answer()
         durable = decisions.record_deferred(decision_id, subject, encode_decision, (
             decision_id, actor, door_id, user_id, credential_id, request.request_id, granted, reason, 1,

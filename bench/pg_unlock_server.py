@@ -11,6 +11,8 @@ from latchkey.events.v1 import events_pb2 as ev
 from bench.echo_server import floor_settings
 from latchkit import secrets, server
 from latchkit.access_rules import Reason, evaluate
+from latchkit.errors import handles_errors
+from services.access.service import check_id
 from services.permissions import effective
 from services.permissions.adapters.postgres import Database
 
@@ -20,7 +22,9 @@ class PgUnlock(access_pb2_grpc.AccessServiceServicer):
         self.db = db
         self.key = key
 
+    @handles_errors
     async def Unlock(self, request, context):
+        check_id(request.request_id, "request_id")  # required, as Unlock requires it
         now = dt.datetime.now(dt.UTC)
         async with self.db.read() as uow:
             user_id = request.user_id

@@ -25,6 +25,8 @@ def to_event(door_id: str, user_id: str, access: PairAccess) -> events_pb2.Acces
         door_id=door_id, user_id=user_id, user_suspended=access.user_suspended,
         door_lockdown=access.door_lockdown, door_time_zone=access.time_zone,
     )
+    if access.door_max_view_staleness:
+        event.door_max_view_staleness.FromMilliseconds(round(access.door_max_view_staleness * 1000))
     for rule in access.rules:
         item = event.rules.add(grant_id=rule.grant_id, via_group_id=rule.via_group_id,
                                schedule_id=rule.schedule_id)
@@ -44,5 +46,7 @@ def from_event(event: events_pb2.AccessChanged) -> PairAccess:
         )
         for r in event.rules
     )
+    staleness = event.door_max_view_staleness
     return PairAccess(rules=rules, user_suspended=event.user_suspended,
-                      door_lockdown=event.door_lockdown, time_zone=event.door_time_zone or "UTC")
+                      door_lockdown=event.door_lockdown, time_zone=event.door_time_zone or "UTC",
+                      door_max_view_staleness=staleness.seconds + staleness.nanos / 1e9)

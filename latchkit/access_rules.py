@@ -5,9 +5,11 @@ Permissions' `ExplainAccess` (the oracle, over PostgreSQL) and access's
 Pure domain: no I/O, no protobuf. Reason values equal the
 `latchkey.events.v1.DecisionReason` numbers.
 
-Precedence, first match wins: no rule at all -> NO_GRANT; user suspended ->
-USER_SUSPENDED; door in lockdown -> DOOR_LOCKDOWN; any rule open now ->
-GRANTED; otherwise the reason of the first rule (by grant id).
+Precedence, first match wins: no rule at all -> NO_GRANT; a fail-closed door
+(`door_max_view_staleness`) whose deciding process cannot show its view is
+that fresh -> STALE_VIEW; user suspended -> USER_SUSPENDED; door in lockdown
+-> DOOR_LOCKDOWN; any rule open now -> GRANTED; otherwise the reason of the
+first rule (by grant id).
 Schedules are read in the door's time zone, on the wall clock (so a window
 09:00-17:00 stays 09:00-17:00 across a DST change).
 """
@@ -31,6 +33,8 @@ class Reason(enum.IntEnum):
     DOOR_LOCKDOWN = 7
     UNKNOWN_CREDENTIAL = 8
     CREDENTIAL_REVOKED = 9
+    # Reserved, never decided: the view holds pairs, not a user or door directory, so an
+    # unknown user or door is NO_GRANT (and a door must not learn who exists).
     UNKNOWN_USER = 10
     UNKNOWN_DOOR = 11
     UNAVAILABLE = 12
@@ -79,6 +83,8 @@ class PairAccess:
     user_suspended: bool = False
     door_lockdown: bool = False
     time_zone: str = "UTC"
+    door_max_view_staleness: float = 0.0
+    """Seconds; 0: off. Otherwise the door is fail-closed: see `decide`'s `view_age`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +103,18 @@ def _by_grant(rule: Rule) -> str:
     return rule.grant_id
 
 
-def decide(access: PairAccess | None, at: dt.datetime) -> tuple[bool, Reason]:
-    """(granted, reason): `evaluate` without the per-rule detail, for Unlock's hot path."""
+def decide(access: PairAccess | None, at: dt.datetime, view_age: float | None = 0.0) -> tuple[bool, Reason]:
+    """(granted, reason): `evaluate` without the per-rule detail, for Unlock's hot path.
+
+    `view_age`: seconds since the deciding process last showed that its view held
+    everything the permissions stream did (None: it cannot show it at all; a negative
+    age, a clock stepped back, shows nothing either). Only a fail-closed door looks at it.
+    """
     if access is None or not access.rules:
         return False, Reason.NO_GRANT
+    limit = access.door_max_view_staleness
+    if limit and (view_age is None or not 0.0 <= view_age <= limit):
+        return False, Reason.STALE_VIEW
     if access.user_suspended:
         return False, Reason.USER_SUSPENDED
     if access.door_lockdown:

@@ -14,6 +14,7 @@ from services.access.adapters.sqlite_redis_backlog import SqliteRedisBacklog
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 from services.access.decisions import DecisionPublisher
 from services.access.domain import DenialThrottle
+from services.access.freshness import FreshnessProver, PolledFreshness
 from services.access.grpc_api import AccessServicer
 from services.access.local_cache import LocalCache, PolledWatermark
 from services.access.ports import UnlockView
@@ -43,6 +44,7 @@ class AccessApp:
     service: UnlockService
     local: LocalCache | None = None
     polled_watermark: PolledWatermark | None = None
+    freshness: FreshnessProver | PolledFreshness | None = None
 
     def spec(self) -> ServiceSpec:
         def register(server) -> list[str]:
@@ -55,6 +57,8 @@ class AccessApp:
             background += [self.projector.run, self.projector.run_redis_lease]
         if self.polled_watermark is not None:
             background.append(self.polled_watermark.run)
+        if self.freshness is not None:
+            background.append(self.freshness.run)
         if self.local is not None:
             background.append(self.local.run)
         return ServiceSpec(name="access", register=register, on_stop=self.stop, policy=authz.allowed,
@@ -99,11 +103,14 @@ def build(settings: AccessSettings | None = None) -> AccessApp:
             watermark = polled = PolledWatermark(view.watermark)
         local = LocalCache(settings.bus, capacity=settings.local_cache_entries, ttl=settings.cache_ttl_seconds,
                            negative_ttl=settings.negative_ttl_seconds, view_watermark=watermark)
+    # Fail-closed doors: the projecting process proves its view fresh; the others read the proof.
+    freshness = (FreshnessProver(view, settings.bus, projector.durable) if projector is not None
+                 else PolledFreshness(view.fresh_at))
     service = UnlockService(
         view, cache, decisions, secrets.load_hmac_key(), projector=projector,
         min_revision_wait=settings.min_revision_wait_seconds,
         credential_throttle=DenialThrottle(settings.throttle_window_seconds, settings.throttle_credential_denials),
         door_throttle=DenialThrottle(settings.throttle_window_seconds, settings.throttle_door_denials),
-        local=local, startup_floor=StartupFloor(settings.bus),
+        local=local, startup_floor=StartupFloor(settings.bus), view_fresh_at=freshness,
     )
-    return AccessApp(settings, view, cache, decisions, projector, service, local, polled)
+    return AccessApp(settings, view, cache, decisions, projector, service, local, polled, freshness)

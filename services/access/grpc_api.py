@@ -10,6 +10,11 @@ from latchkit.errors import InvalidArgument, Unavailable, handles_errors
 from latchkit.identity import current_principal
 from services.access.service import ANSWER_MARGIN_SECONDS, UnlockService
 
+WAIT_DEFAULT_SECONDS = 1.0
+"""WaitForRevision's wait when the request sets no timeout."""
+WAIT_MAX_SECONDS = 10.0
+"""WaitForRevision's longest wait: a longer timeout waits this long (then reached=false)."""
+
 
 class AccessServicer(access_pb2_grpc.AccessServiceServicer):
     def __init__(self, service: UnlockService, max_deadline_seconds: float) -> None:
@@ -34,9 +39,13 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
 
     @handles_errors
     async def WaitForRevision(self, request, context):
-        timeout = request.timeout.seconds + request.timeout.nanos / 1e9
-        if request.timeout.seconds < 0 or request.timeout.nanos < 0 or timeout > 60:
-            raise InvalidArgument("timeout", "must be within 0..60 s")
+        # As the contract says: no timeout waits 1 s, a longer one than 10 s waits 10 s.
+        if not request.HasField("timeout"):
+            timeout = WAIT_DEFAULT_SECONDS
+        elif request.timeout.seconds < 0 or request.timeout.nanos < 0:
+            raise InvalidArgument("timeout", "must not be negative")
+        else:
+            timeout = min(request.timeout.seconds + request.timeout.nanos / 1e9, WAIT_MAX_SECONDS)
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, max(remaining - ANSWER_MARGIN_SECONDS, 0))

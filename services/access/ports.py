@@ -79,3 +79,13 @@ class UnlockView(Protocol):
         ...
 
     async def all_pairs(self) -> list[PairRow]: ...
+
+    async def record_fresh(self, at: float) -> None:
+        """Record that at `at` (wall time, seconds since the epoch) this instance's view held
+        everything the PERMISSIONS stream did. The newest time wins: an older one recorded
+        later changes nothing. Written by the projector, read by every process of the instance."""
+        ...
+
+    async def fresh_at(self) -> float | None:
+        """The newest time `record_fresh` recorded for this instance; None if it never did."""
+        ...

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
+from collections.abc import Callable
 
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
-from prometheus_client import REGISTRY
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import Counter
 
 from latchkit import access_codec, envelope, ids, secrets
 from latchkit.access_rules import Reason, decide
@@ -38,34 +38,21 @@ GRANTED, DENIED = ev.DECISION_GRANTED, ev.DECISION_DENIED
 SECRET_LIMITS = {1: (4, 64), 2: (4, 12), 3: (16, 256)}
 
 
-class _Tally:
-    """A counter Unlock bumps with one attribute add (a prometheus Counter takes a lock: 0.4 us).
-    Only the event loop's thread bumps it; the metrics thread only reads it."""
-
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def inc(self) -> None:
-        self.count += 1
+# Plain prometheus Counters: with several access workers, prometheus_client's multiprocess
+# mode adds every worker's counts on the one metrics endpoint, which a custom collector
+# (the per-process tally this replaced) cannot join. About a microsecond a call.
+ANSWERED_FROM = Counter("latchkey_access_unlock_answered_from", "Where Unlock found the rules it decided on",
+                        ["source"])
+FROM_MEMORY, FROM_REDIS, FROM_VIEW = (ANSWERED_FROM.labels(s) for s in ("memory", "redis", "view"))
+DECISIONS = Counter("latchkey_access_unlock_decisions", "Unlock answers by decision and reason",
+                    ["decision", "reason"])
 
 
-class _AnsweredFrom(Collector):
-    def __init__(self) -> None:
-        self.sources = {"memory": _Tally(), "redis": _Tally(), "view": _Tally()}
-
-    def collect(self):
-        family = CounterMetricFamily("latchkey_access_unlock_answered_from",
-                                     "Where Unlock found the rules it decided on", labels=["source"])
-        for source, tally in self.sources.items():
-            family.add_metric([source], tally.count)
-        yield family
-
-
-ANSWERED_FROM = _AnsweredFrom()
-REGISTRY.register(ANSWERED_FROM)
-FROM_MEMORY, FROM_REDIS, FROM_VIEW = ANSWERED_FROM.sources.values()
+@functools.cache
+def _decided(decision: int, reason: int):
+    """The DECISIONS child for one (decision, reason): labels looked up once, not per call."""
+    return DECISIONS.labels(ev.Decision.Name(decision).removeprefix("DECISION_"),
+                            ev.DecisionReason.Name(reason).removeprefix("DECISION_REASON_"))
 UNLOCK_DECIDED = envelope.PAYLOAD_TYPES["unlock_decided"]
 REDIS_PAUSE_SECONDS = 1.0
 """After a failed Redis call, Unlock leaves Redis alone this long: a hung Redis costs one
@@ -89,6 +76,10 @@ MIN_REVISION_RESERVE_SECONDS = 2 * ANSWER_MARGIN_SECONDS
 (durably, before answering) and to send the answer."""
 
 
+def _never_shown() -> float | None:
+    return None
+
+
 def _lookups_deadline(time_remaining: float | None) -> float | None:
     """When Unlock's lookups must end (event loop time) to answer within the caller's deadline."""
     if time_remaining is None:
@@ -96,7 +87,8 @@ def _lookups_deadline(time_remaining: float | None) -> float | None:
     return asyncio.get_running_loop().time() + max(time_remaining - ANSWER_MARGIN_SECONDS, 0.0)
 
 
-def _check_id(value: str, field: str) -> None:
+def check_id(value: str, field: str) -> None:
+    """An id field of Unlock: present, at most 64 printable characters (else INVALID_ARGUMENT naming it)."""
     if not value:
         raise InvalidArgument(field, "is required")
     if len(value) > 64 or not value.isprintable():
@@ -107,8 +99,12 @@ class UnlockService:
     def __init__(self, view: UnlockView, cache: RedisUnlockCache, decisions: DecisionPublisher,
                  hmac_key: bytes, *, projector: Projector | None, min_revision_wait: float,
                  credential_throttle: DenialThrottle, door_throttle: DenialThrottle,
-                 local: LocalCache | None = None, startup_floor: StartupFloor | None = None) -> None:
+                 local: LocalCache | None = None, startup_floor: StartupFloor | None = None,
+                 view_fresh_at: Callable[[], float | None] | None = None) -> None:
         self.view = view
+        # When this instance last showed its view had the whole stream (freshness.py); with
+        # none, no fail-closed door opens.
+        self.view_fresh_at = view_fresh_at or _never_shown
         self.startup_floor = startup_floor
         self.local = local
         self.cache = cache
@@ -157,15 +153,15 @@ class UnlockService:
         # The hot path: fields are read once into locals (each protobuf attribute read is a call).
         started = time.perf_counter_ns()
         door_id, request_id = request.door_id, request.request_id
-        _check_id(door_id, "door_id")
-        if request_id and (len(request_id) > 64 or not request_id.isprintable()):
-            raise InvalidArgument("request_id", "must be at most 64 printable characters")
+        check_id(door_id, "door_id")
+        # Required: a controller's retry must be recognisable as one (not a second decision).
+        check_id(request_id, "request_id")
         subject = request.WhichOneof("subject")
         if subject is None:
             raise InvalidArgument("user_id", "a user_id or a credential is required")
         secret_hash, kind = b"", 0
         if subject == "user_id":
-            _check_id(request.user_id, "user_id")
+            check_id(request.user_id, "user_id")
         else:
             cred = request.credential
             kind, secret = cred.kind, cred.secret
@@ -181,12 +177,11 @@ class UnlockService:
                         f"{principal.uri if principal else 'unknown'} asked to open door {door_id}")
             raise PermissionDenied(f"this certificate may not open door {door_id[:64]}")
 
-        if request_id:
-            earlier = self.replays.get(door_id, request_id)
-            if earlier is not None:
-                # The first call may still be waiting for its decision to be durable.
-                await self._durable(self.decisions.recorded_so_far(), time_remaining, started)
-                return access_pb2.UnlockResponse.FromString(earlier)
+        earlier = self.replays.get(door_id, request_id)
+        if earlier is not None:
+            # The first call may still be waiting for its decision to be durable.
+            await self._durable(self.decisions.recorded_so_far(), time_remaining, started)
+            return access_pb2.UnlockResponse.FromString(earlier)
 
         min_revision = request.min_revision
         floor = self.startup_floor.revision if self.startup_floor is not None else 0
@@ -242,15 +237,10 @@ class UnlockService:
             decision, reason = DENIED, Reason.RATE_LIMITED
         else:
             hit = self._decide_in_memory(local, request, cred_k) if local is not None else None
-            if hit is not None and not request_id:
-                # The common case, answered without a suspension point (no coroutine either).
-                FROM_MEMORY.inc()
-                decision, reason, credential, user_id = hit
-            else:
-                if deadline is None:
-                    deadline = _lookups_deadline(time_remaining)
-                earlier, decision, reason, credential, user_id = await self._decide(request, cred_k, secret_hash,
-                                                                                     local, hit, deadline)
+            if deadline is None:
+                deadline = _lookups_deadline(time_remaining)
+            earlier, decision, reason, credential, user_id = await self._decide(request, cred_k, secret_hash,
+                                                                                 local, hit, deadline)
         if earlier is not None:
             self.replays.put(door_id, request_id, earlier)
             return access_pb2.UnlockResponse.FromString(earlier)
@@ -261,9 +251,8 @@ class UnlockService:
                                              view_revision=revision, user_id=user_id)
         server_time = response.server_time  # set in place: no Timestamp built and copied in
         server_time.seconds, server_time.nanos = seconds, nanos
-        if request_id:
-            answer = response.SerializeToString()
-            self.replays.put(door_id, request_id, answer)
+        answer = response.SerializeToString()
+        self.replays.put(door_id, request_id, answer)
         if decision == DENIED and reason not in (Reason.RATE_LIMITED, Reason.UNAVAILABLE, Reason.STALE_VIEW):
             if self.door_throttle.deny(door_id):
                 self._alarm(principal, "DOOR_DENIALS_THROTTLED", door_id, "repeated denials at this door")
@@ -274,9 +263,8 @@ class UnlockService:
                                reason, revision, seconds, nanos, time.perf_counter_ns() - started)
         if durable is not None:
             await self._durable(durable, time_remaining, started)
-        if request_id:
-            # Only a durable answer is shared with the other processes (Redis) for retries.
-            self._fire(self._remember(door_id, request_id, answer))
+        # Only a durable answer is shared with the other processes (Redis) for retries.
+        self._fire(self._remember(door_id, request_id, answer))
         return response
 
     async def _durable(self, group, time_remaining: float | None, started_ns: int) -> None:
@@ -343,8 +331,8 @@ class UnlockService:
             return None
         if pair is None or not pair.payload:
             return DENIED, Reason.NO_GRANT, credential, user_id
-        granted, reason = decide(self._decode(pair), dt.datetime.now(dt.UTC))
-        return GRANTED if granted else DENIED, reason, credential, user_id
+        decision, reason = self._verdict(pair)
+        return decision, reason, credential, user_id
 
     async def _decide(self, request, cred_k: str, secret_hash: bytes, local: LocalCache | None, hit,
                       deadline: float | None):
@@ -355,7 +343,7 @@ class UnlockService:
         door_id = request.door_id
         if local is not None:
             if hit is not None:
-                if request.request_id and self._redis_in_time(deadline):
+                if self._redis_in_time(deadline):
                     # Another process may have answered this request_id: its answer stands.
                     try:
                         async with asyncio.timeout_at(deadline):
@@ -435,8 +423,17 @@ class UnlockService:
             return None, DENIED, Reason.UNAVAILABLE, credential, user_id
         if pair is None or not pair.payload:
             return None, DENIED, Reason.NO_GRANT, credential, user_id
-        granted, reason = decide(self._decode(pair), dt.datetime.now(dt.UTC))
-        return None, GRANTED if granted else DENIED, reason, credential, user_id
+        return None, *self._verdict(pair), credential, user_id
+
+    def _verdict(self, pair: PairRow) -> tuple[int, Reason]:
+        access = self._decode(pair)
+        age = 0.0
+        if access.door_max_view_staleness:
+            # A fail-closed door: how old the proof is that the view had the whole stream.
+            fresh_at = self.view_fresh_at()
+            age = None if fresh_at is None else time.time() - fresh_at
+        granted, reason = decide(access, dt.datetime.now(dt.UTC), age)
+        return GRANTED if granted else DENIED, reason
 
     def _decode(self, pair: PairRow):
         key = (pair.door_id, pair.user_id, pair.version)
@@ -454,6 +451,7 @@ class UnlockService:
         # One decision, one event: the decision id is also the event id. Only the values are
         # taken here (the ones Unlock holds, not read back from the request or the response);
         # the publisher encodes the envelope later, with others, off the response path.
+        _decided(decision, reason).inc()
         controller = None
         if request.HasField("controller_time"):
             t = request.controller_time
@@ -472,8 +470,12 @@ class UnlockService:
 def encode_decision(decision_id: str, actor: str, door_id: str, user_id: str, credential_id: str, request_id: str,
                     decision: int, reason: int, revision: int, server_seconds: int, server_nanos: int,
                     latency_ns: int, controller: tuple[int, int] | None) -> bytes:
-    """The serialized Envelope of one UnlockDecided (built in place: no nested copies)."""
-    env = ev.Envelope(event_id=decision_id, type=UNLOCK_DECIDED, actor=actor, revision=revision,
+    """The serialized Envelope of one UnlockDecided (built in place: no nested copies).
+
+    The envelope's `revision` stays 0 (no permissions transaction wrote this event); the
+    view's revision the decision was made from is `UnlockDecided.view_revision`.
+    """
+    env = ev.Envelope(event_id=decision_id, type=UNLOCK_DECIDED, actor=actor,
                       revision_event_count=1, aggregate_key="door/" + door_id)
     # Each read of a message field builds a wrapper object: one read per field here.
     t = env.occurred_at
@@ -483,8 +485,7 @@ def encode_decision(decision_id: str, actor: str, door_id: str, user_id: str, cr
     decided.door_id = door_id
     decided.user_id = user_id
     decided.credential_id = credential_id
-    if request_id:  # "" is the default: setting it changes nothing
-        decided.request_id = request_id
+    decided.request_id = request_id
     decided.decision = decision
     decided.reason = reason
     decided.view_revision = revision

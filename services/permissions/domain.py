@@ -58,6 +58,20 @@ def time_zone(value: str, field: str) -> str:
     return value
 
 
+MAX_VIEW_STALENESS_MS = (1_000, 3_600_000)
+
+
+def max_view_staleness_ms(value, field: str) -> int:
+    """A fail-closed door's bound, in milliseconds: 0 (off) or 1 s..1 h in whole milliseconds."""
+    seconds, nanos = value.seconds, value.nanos
+    if not seconds and not nanos:
+        return 0
+    low, high = MAX_VIEW_STALENESS_MS
+    if seconds < 0 or nanos < 0 or nanos % 1_000_000 or not low <= seconds * 1000 + nanos // 1_000_000 <= high:
+        raise InvalidArgument(field, "must be unset (off) or 1 s..1 h in whole milliseconds")
+    return seconds * 1000 + nanos // 1_000_000
+
+
 def windows(items, field: str) -> list[Window]:
     """At least one window; each within one day; windows of one day must not overlap."""
     if not items:

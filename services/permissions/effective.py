@@ -24,19 +24,19 @@ Pair = tuple[str, str]  # (door_id, user_id)
 _ACCESS_SQL = """
 SELECT 'r' AS kind, g.grant_id::text AS grant_id, g.door_id::text AS door_id, g.user_id::text AS user_id,
        '' AS via, g.valid_from, g.valid_until, coalesce(g.schedule_id::text, '') AS schedule_id,
-       false AS flag, '' AS time_zone
+       false AS flag, '' AS time_zone, 0 AS staleness_ms
   FROM grants g
  WHERE NOT g.revoked AND g.user_id = ANY(CAST(:users AS uuid[])) AND g.door_id = ANY(CAST(:doors AS uuid[]))
 UNION ALL
 SELECT 'r', g.grant_id::text, g.door_id::text, m.user_id::text, g.group_id::text,
-       g.valid_from, g.valid_until, coalesce(g.schedule_id::text, ''), false, ''
+       g.valid_from, g.valid_until, coalesce(g.schedule_id::text, ''), false, '', 0
   FROM grants g JOIN group_members m ON m.group_id = g.group_id
  WHERE NOT g.revoked AND m.user_id = ANY(CAST(:users AS uuid[])) AND g.door_id = ANY(CAST(:doors AS uuid[]))
 UNION ALL
-SELECT 'u', '', '', user_id::text, '', NULL, NULL, '', suspended, ''
+SELECT 'u', '', '', user_id::text, '', NULL, NULL, '', suspended, '', 0
   FROM users WHERE user_id = ANY(CAST(:users AS uuid[]))
 UNION ALL
-SELECT 'd', '', door_id::text, '', '', NULL, NULL, '', lockdown, time_zone
+SELECT 'd', '', door_id::text, '', '', NULL, NULL, '', lockdown, time_zone, max_view_staleness_ms
   FROM doors WHERE door_id = ANY(CAST(:doors AS uuid[]))
 """
 
@@ -59,7 +59,8 @@ async def pair_access(uow: UnitOfWork, pairs: set[Pair]) -> dict[Pair, PairAcces
         ):
             windows[w["s"]].append(Window(w["day"], w["start_minute"], w["end_minute"]))
     suspended = {r["user_id"]: r["flag"] for r in everything if r["kind"] == "u"}
-    door_state = {r["door_id"]: {"lockdown": r["flag"], "time_zone": r["time_zone"]}
+    door_state = {r["door_id"]: {"lockdown": r["flag"], "time_zone": r["time_zone"],
+                                 "staleness_ms": r["staleness_ms"]}
                   for r in everything if r["kind"] == "d"}
     rules: dict[Pair, list[Rule]] = defaultdict(list)
     for r in rows:
@@ -78,6 +79,7 @@ async def pair_access(uow: UnitOfWork, pairs: set[Pair]) -> dict[Pair, PairAcces
             user_suspended=bool(suspended.get(user, False)),
             door_lockdown=bool(state and state["lockdown"]),
             time_zone=state["time_zone"] if state else "UTC",
+            door_max_view_staleness=state["staleness_ms"] / 1000 if state else 0.0,
         )
     return result
 

@@ -35,6 +35,8 @@ def user_pb(r: dict) -> pm.User:
 def door_pb(r: dict) -> pm.Door:
     m = pm.Door(door_id=r["door_id"], name=r["name"], site=r["site"], time_zone=r["time_zone"],
                 lockdown=r["lockdown"])
+    if r["max_view_staleness_ms"]:
+        m.max_view_staleness.FromMilliseconds(r["max_view_staleness_ms"])
     ts(r["create_time"], m.create_time)
     ts(r["update_time"], m.update_time)
     return m
@@ -207,9 +209,11 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
         name = v.text(d.name, "door.name", max_len=200, required=True)
         site = v.text(d.site, "door.site", max_len=200, required=False)
         zone = v.time_zone(d.time_zone, "door.time_zone")
+        staleness = v.max_view_staleness_ms(d.max_view_staleness, "door.max_view_staleness")
 
         async def work(uow, resp):
-            resp.door.CopyFrom(door_pb(await self.directory.create_door(uow, name, site, zone, d.lockdown)))
+            resp.door.CopyFrom(door_pb(await self.directory.create_door(uow, name, site, zone, d.lockdown,
+                                                                        staleness)))
         return await self._write("CreateDoor", pm.CreateDoorResponse(), work, request)
 
     @handles_errors
@@ -229,10 +233,12 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
     async def UpdateDoor(self, request, context):
         door_id = v.uuid_str(request.door.door_id, "door.door_id")
         changes = {}
-        for path in mask_paths(request, ("name", "site", "time_zone")):
+        for path in mask_paths(request, ("name", "site", "time_zone", "max_view_staleness")):
             value = getattr(request.door, path)
             if path == "time_zone":
                 changes[path] = v.time_zone(value, "door.time_zone")
+            elif path == "max_view_staleness":
+                changes["max_view_staleness_ms"] = v.max_view_staleness_ms(value, "door.max_view_staleness")
             else:
                 changes[path] = v.text(value, f"door.{path}", max_len=200, required=path == "name")
 

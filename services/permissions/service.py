@@ -21,7 +21,7 @@ from services.permissions.domain import decode_page_token, encode_page_token
 
 USER_COLS = ("user_id::text AS user_id, display_name, email, coalesce(external_id, '') AS external_id, "
              "suspended, create_time, update_time")
-DOOR_COLS = "door_id::text AS door_id, name, site, time_zone, lockdown, create_time, update_time"
+DOOR_COLS = "door_id::text AS door_id, name, site, time_zone, lockdown, max_view_staleness_ms, create_time, update_time"
 GROUP_COLS = "group_id::text AS group_id, name, create_time, update_time"
 SCHEDULE_COLS = "schedule_id::text AS schedule_id, name, create_time, update_time"
 CRED_COLS = "credential_id::text AS credential_id, user_id::text AS user_id, kind, label, revoked, create_time, revoke_time"
@@ -136,16 +136,19 @@ class Directory:
 
     # ---- doors ---------------------------------------------------------------
     def _door_event(self, uow: UnitOfWork, row: dict, deleted: bool = False) -> None:
-        uow.emit(ev.DoorChanged(door_id=row["door_id"], name=row["name"], site=row["site"],
-                                time_zone=row["time_zone"], lockdown=row["lockdown"], deleted=deleted),
-                 f"door/{row['door_id']}")
+        event = ev.DoorChanged(door_id=row["door_id"], name=row["name"], site=row["site"],
+                               time_zone=row["time_zone"], lockdown=row["lockdown"], deleted=deleted)
+        if row["max_view_staleness_ms"]:
+            event.max_view_staleness.FromMilliseconds(row["max_view_staleness_ms"])
+        uow.emit(event, f"door/{row['door_id']}")
 
-    async def create_door(self, uow: UnitOfWork, name: str, site: str, time_zone: str, lockdown: bool) -> dict:
+    async def create_door(self, uow: UnitOfWork, name: str, site: str, time_zone: str, lockdown: bool,
+                          max_view_staleness_ms: int = 0) -> dict:
         door_id, t = new_id(), now()
         await uow.execute(
-            "INSERT INTO doors (door_id, name, site, time_zone, lockdown, create_time, update_time) "
-            "VALUES (CAST(:id AS uuid), :n, :s, :z, :l, :t, :t)", id=door_id, n=name, s=site, z=time_zone,
-            l=lockdown, t=t)
+            "INSERT INTO doors (door_id, name, site, time_zone, lockdown, max_view_staleness_ms, create_time, "
+            "update_time) VALUES (CAST(:id AS uuid), :n, :s, :z, :l, :m, :t, :t)", id=door_id, n=name, s=site,
+            z=time_zone, l=lockdown, m=max_view_staleness_ms, t=t)
         row = await get(uow, "doors", door_id)
         self._door_event(uow, row)
         return row
@@ -159,7 +162,7 @@ class Directory:
                           d=door_id, t=now(), **changes)
         new = await get(uow, "doors", door_id)
         self._door_event(uow, new)
-        if new["time_zone"] != row["time_zone"] or new["lockdown"] != row["lockdown"]:
+        if any(new[k] != row[k] for k in ("time_zone", "lockdown", "max_view_staleness_ms")):
             await effective.publish_pairs(uow, await effective.pairs_of_door(uow, door_id))
         return new
 

@@ -167,3 +167,21 @@ async def test_each_instance_has_its_own_progress(open_view):
     door, user = ids()
     await first.apply(ViewBatch(pairs=[PairRow(door, user, 9, b"granted")], watermark=9))
     assert await second.get_pair(door, user) == PairRow(door, user, 9, b"granted")
+
+
+async def test_freshness_is_per_instance_newest_wins_and_every_process_reads_it(open_view):
+    # 1. An instance that never proved its view fresh says so.
+    projecting = await open_view("fresh-a")
+    assert await projecting.fresh_at() is None
+    # 2. A proof recorded by the projecting process is what another process of the instance reads.
+    await projecting.record_fresh(1_700_000_000.25)
+    reader = await open_view("fresh-a")
+    assert await reader.fresh_at() == 1_700_000_000.25
+    # 3. An older proof recorded later (a delayed write) changes nothing; a newer one wins.
+    await projecting.record_fresh(1_700_000_000.0)
+    assert await reader.fresh_at() == 1_700_000_000.25
+    await projecting.record_fresh(1_700_000_001.5)
+    assert await reader.fresh_at() == 1_700_000_001.5
+    # 4. Another instance's proof is its own.
+    other = await open_view("fresh-b")
+    assert await other.fresh_at() is None

@@ -112,7 +112,7 @@ def test_unlock_needs_a_deadline(setup):
     _, door, presented, _, ctl = setup
     from latchkey.access.v1 import access_pb2
 
-    request = access_pb2.UnlockRequest(door_id=door.door_id, credential=presented)
+    request = access_pb2.UnlockRequest(door_id=door.door_id, credential=presented, request_id=rid())
     for timeout in (None, 3600):
         with pytest.raises(grpc.RpcError) as info:
             ctl.stub.Unlock(request, timeout=timeout)

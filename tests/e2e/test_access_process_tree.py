@@ -12,6 +12,40 @@ from latchkit.stack import free_port
 from tests.e2e.test_access_workers import alive, children, listeners
 
 
+def access_env(stack, pki, tmp_path, port: int) -> dict:
+    urls = stack.urls()
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("LATCHKEY_SCYLLA_")},
+            "LATCHKEY_STATE_DIR": str(tmp_path), "LATCHKEY_CERTS_DIR": str(pki.dir),
+            "LATCHKEY_REDIS_URL": urls.redis_url, "LATCHKEY_NATS_URL": urls.nats_url,
+            "LATCHKEY_ACCESS_WORKERS": "2", "LATCHKEY_ACCESS_PORT": str(port), "LATCHKEY_ACCESS_METRICS_PORT": "0",
+            "LATCHKEY_ACCESS_INSTANCE": f"process-tree-{port}", "LATCHKEY_LOG_LEVEL": "WARNING"}
+
+
+def wait_for(predicate, what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)  # polling the kernel's process and socket tables: bounded by the deadline
+
+
+def test_a_killed_worker_is_started_again(stack, pki, tmp_path):
+    port = free_port()
+    main = subprocess.Popen([sys.executable, "-m", "services.access"], env=access_env(stack, pki, tmp_path, port),
+                            cwd=REPO_ROOT)
+    try:
+        # 1. Both processes serve the port.
+        wait_for(lambda: main.poll() is None and listeners(port) >= 2, "the two processes never listened")
+        [worker] = children(main.pid)
+        # 2. The worker is killed; the main process starts another, which serves the port too.
+        os.kill(worker, 9)
+        wait_for(lambda: (new := children(main.pid)) and new != [worker] and listeners(port) >= 2,
+                 "the killed worker was not started again")
+        assert main.poll() is None
+    finally:
+        main.terminate()
+        main.wait(timeout=30)
+
+
 def test_a_worker_dies_with_its_killed_main_process(stack, pki, tmp_path):
     urls = stack.urls()
     port = free_port()

@@ -57,9 +57,10 @@ def projector(view, cache, path) -> Projector:
 
 
 async def unlock(service, door: str, secret: str):
+    request = access_pb2.UnlockRequest(door_id=door, request_id=uuid.uuid4().hex,
+                                       credential=access_pb2.PresentedCredential(kind=1, secret=secret))
     answer = await service.unlock(Principal(uri=f"spiffe://latchkey/door/{door}", kind="door", name=door),
-                                  access_pb2.UnlockRequest(door_id=door, credential=access_pb2.PresentedCredential(
-                                      kind=1, secret=secret)), 5)
+                                  request, 5)
     return answer.decision, answer.reason, answer.view_revision
 
 

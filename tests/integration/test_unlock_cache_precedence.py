@@ -56,7 +56,7 @@ async def world(urls, tmp_path):
 
 
 def request(door: str, secret: str, min_revision: int) -> access_pb2.UnlockRequest:
-    return access_pb2.UnlockRequest(door_id=door, min_revision=min_revision,
+    return access_pb2.UnlockRequest(door_id=door, min_revision=min_revision, request_id=uuid.uuid4().hex,
                                     credential=access_pb2.PresentedCredential(kind=1, secret=secret))
 
 

@@ -17,8 +17,9 @@ def test_the_encoded_decision_is_the_envelope_the_generic_builder_makes():
     expected = ev.UnlockDecided(**fields, server_time=server)
     expected.decision_latency.seconds, expected.decision_latency.nanos = 1, 250_000_000
     expected.controller_time.seconds, expected.controller_time.nanos = 1_700_000_000, 5
+    # The view's revision (42) is the payload's; the envelope's revision stays 0 (not a permissions event).
     built = envelope.build(expected, actor="spiffe://latchkey/door/door-7", aggregate_key="door/door-7",
-                           revision=42, occurred_at=server, event_id="d-1")
+                           occurred_at=server, event_id="d-1")
     encoded = encode_decision("d-1", "spiffe://latchkey/door/door-7", "door-7", "user-3", "cred-9", "r-2",
                               ev.DECISION_DENIED, ev.DECISION_REASON_OUTSIDE_SCHEDULE, 42, server.seconds,
                               server.nanos, latency, (1_700_000_000, 5))

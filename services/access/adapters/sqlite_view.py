@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS credentials (
 CREATE INDEX IF NOT EXISTS ix_credentials_secret ON credentials (kind, secret_hash);
 CREATE TABLE IF NOT EXISTS progress_by_instance (instance TEXT PRIMARY KEY, watermark INTEGER NOT NULL,
     partial TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS freshness_by_instance (instance TEXT PRIMARY KEY, fresh_at REAL NOT NULL) WITHOUT ROWID;
 """
 LEGACY_PROGRESS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'progress'"
 """Before progress was kept per instance: one row (id = 1); an instance with no progress starts from it."""
@@ -150,3 +151,26 @@ class SqliteUnlockView:
     async def all_pairs(self) -> list[PairRow]:
         rows = self._reader_conn().execute("SELECT door_id, user_id, version, payload FROM pairs").fetchall()
         return [PairRow(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+    async def record_fresh(self, at: float) -> None:
+        await asyncio.to_thread(self._record_fresh, at)
+
+    def _record_fresh(self, at: float) -> None:
+        with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                raise RuntimeError("view is not open")
+            # Several times a second, and worth no fsync: a proof lost in a power cut leaves an
+            # older one, which only keeps fail-closed doors shut a little longer.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                conn.execute("INSERT INTO freshness_by_instance VALUES (?, ?) ON CONFLICT (instance) DO UPDATE "
+                             "SET fresh_at = excluded.fresh_at WHERE excluded.fresh_at > fresh_at",
+                             (self.instance, at))
+            finally:
+                conn.execute("PRAGMA synchronous=FULL")
+
+    async def fresh_at(self) -> float | None:
+        row = self._reader_conn().execute("SELECT fresh_at FROM freshness_by_instance WHERE instance = ?",
+                                          (self.instance,)).fetchone()
+        return row[0] if row else None
