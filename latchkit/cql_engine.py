@@ -19,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from latchkit.process import pid_alive
 from latchkit.settings import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "tools" / "cassandra"
@@ -30,16 +31,6 @@ HEAP = "1G"
 
 class CqlEngineError(RuntimeError):
     """The engine is missing or failed to start; the message says what to do."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CqlEngine:
@@ -67,7 +58,7 @@ class CqlEngine:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def _argv(self) -> list[str]:
         if not list(JARS_DIR.glob("cassandra-all-*.jar")):
@@ -157,11 +148,11 @@ class CqlEngine:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
                 deadline = time.monotonic() + timeout
-                while _pid_alive(pid) and time.monotonic() < deadline:
+                while pid_alive(pid) and time.monotonic() < deadline:
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, os.WNOHANG)
                     time.sleep(0.1)
-                if _pid_alive(pid):
+                if pid_alive(pid):
                     os.kill(pid, signal.SIGKILL)
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, 0)

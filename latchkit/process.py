@@ -34,3 +34,14 @@ def preexec_die_with_parent() -> Callable[[], None]:
     """A `preexec_fn` for subprocess.Popen: the child dies with the calling process."""
     parent = os.getpid()
     return lambda: die_with_parent(parent)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one owned by another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

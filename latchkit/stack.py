@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from latchkit.cql_engine import CqlEngine, CqlEngineError
+from latchkit.process import pid_alive
 
 # Below the kernel's ephemeral range (32768-60999 on Linux): a recent outgoing connection that
 # happened to get one of these as its local port (common after a test run) would otherwise keep
@@ -105,16 +106,6 @@ def _binary(name: str, package: str) -> str:
     if not found:
         raise StackError(f"{name} not found: install {package}")
     return found
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Stack:
@@ -247,7 +238,7 @@ class Stack:
             pid = int((self._pgdata / "postmaster.pid").read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     # ---- PostgreSQL --------------------------------------------------------
     @property
@@ -282,7 +273,7 @@ class Stack:
             pid = int(pidfile.read_text().splitlines()[0])
         except (ValueError, IndexError):
             return False
-        return _pid_alive(pid) and _port_open(self.ports.postgres)
+        return pid_alive(pid) and _port_open(self.ports.postgres)
 
     def _postgres_up(self) -> None:
         if self._postgres_running():
@@ -344,7 +335,7 @@ class Stack:
         if not pidfile.exists():
             return False
         try:
-            return _pid_alive(int(pidfile.read_text().strip()))
+            return pid_alive(int(pidfile.read_text().strip()))
         except ValueError:
             return False
 
@@ -372,11 +363,11 @@ class Stack:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
-            while _pid_alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
                 time.sleep(0.05)
-            if _pid_alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         pidfile.unlink(missing_ok=True)
 
