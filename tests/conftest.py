@@ -54,17 +54,17 @@ def pytest_collection_finish(session) -> None:
     cql_tests = [item for item in session.items if on_cql(item)]
     if cql_tests:
         test_stack().cql_engine.start()  # boots in the background while other tests run
-    session.config.stash[CQL_COUNT] = len(cql_tests)
+    session.config.stash[CQL_TESTS] = {item.nodeid for item in cql_tests}
 
 
-CQL_COUNT = pytest.StashKey[int]()
+CQL_TESTS = pytest.StashKey[set]()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    passed = sum(1 for r in terminalreporter.stats.get("passed", []) if "scylla" in r.nodeid or "cql" in r.nodeid)
-    count = config.stash.get(CQL_COUNT, 0)
-    if count:
-        terminalreporter.write_line(f"CQL leg: {count} tests ran against Apache Cassandra 5.0 "
+    cql_tests = config.stash.get(CQL_TESTS, set())
+    if cql_tests:
+        passed = sum(1 for r in terminalreporter.stats.get("passed", []) if r.nodeid in cql_tests)
+        terminalreporter.write_line(f"CQL leg: {len(cql_tests)} tests ran against Apache Cassandra 5.0 "
                                     f"({passed} passed)")
 
 
