@@ -30,13 +30,16 @@ def prepare(service: str) -> Path:
     for it) empties the directory, so counts of an earlier run, or files of
     processes long gone, are not added to this run's; the children it starts
     inherit the setting and keep the files. The directory is
-    PROMETHEUS_MULTIPROC_DIR if the operator set it, else
-    $LATCHKEY_STATE_DIR/<service>/metrics (one state dir per instance).
+    PROMETHEUS_MULTIPROC_DIR if the operator set it, else one per instance in
+    memory (/dev/shm where it exists), never on the data volume: the files are
+    memory-mapped, and a process whose mapped file cannot grow on a full disk is
+    killed (seen by `make chaos` filling the access data directory), while the
+    metrics are worth nothing after a restart anyway.
     """
     inherited = os.environ.get(OWNER_ENV) == str(os.getppid()) and os.environ.get(ENV)
     if inherited:
         return Path(inherited)
-    directory = Path(os.environ.get(ENV) or state_dir() / service / "metrics")
+    directory = Path(os.environ.get(ENV) or default_directory(service))
     directory.mkdir(parents=True, exist_ok=True)
     # Only the metric files: an operator's directory may hold other things.
     for stale in directory.glob("*.db"):
@@ -44,6 +47,17 @@ def prepare(service: str) -> Path:
     os.environ[ENV] = str(directory)
     os.environ[OWNER_ENV] = str(os.getpid())
     return directory
+
+
+def default_directory(service: str, state: Path | None = None) -> Path:
+    """Memory-backed and distinct per state directory (`state`, default this process's: one per instance)."""
+    import hashlib
+    import tempfile
+
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) \
+        else Path(tempfile.gettempdir())
+    instance = hashlib.sha256(str((state or state_dir()).resolve()).encode()).hexdigest()[:12]
+    return base / f"latchkey-{service}-metrics-{instance}"
 
 
 def enabled() -> bool:

@@ -13,6 +13,7 @@ import grpc
 from latchkey.access.v1 import access_pb2, access_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from latchkit import metrics_files
 from latchkit.run import health_of
 from latchkit.settings import REPO_ROOT
 from latchkit.stack import free_port
@@ -42,8 +43,8 @@ def scrape(port: int, pki) -> dict[str, float]:
 def test_every_workers_unlocks_are_counted(system, pki, tmp_path):
     port, metrics_port = free_port(), free_port()
     # A metric file left by an earlier run of this instance: the main process clears it.
-    stale = tmp_path / "access" / "metrics" / "counter_1.db"
-    stale.parent.mkdir(parents=True)
+    stale = metrics_files.default_directory("access", tmp_path) / "counter_1.db"
+    stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"not a metric file")
     env = {**system.env, "LATCHKEY_ACCESS_WORKERS": "2", "LATCHKEY_ACCESS_PORT": str(port),
            "LATCHKEY_ACCESS_METRICS_PORT": str(metrics_port), "LATCHKEY_STATE_DIR": str(tmp_path),

@@ -11,12 +11,14 @@ def test_main_process_empties_the_directory_and_workers_keep_it(tmp_path, monkey
     monkeypatch.setenv("LATCHKEY_STATE_DIR", str(tmp_path))
     monkeypatch.delenv(metrics_files.ENV, raising=False)
     monkeypatch.delenv(metrics_files.OWNER_ENV, raising=False)
-    stale = tmp_path / "access" / "metrics" / "counter_1.db"
-    stale.parent.mkdir(parents=True)
+    stale = metrics_files.default_directory("access") / "counter_1.db"
+    stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"from an earlier run")
-    # The main process: the directory under its state dir, emptied, handed down in the environment.
+    # The main process: a directory of its instance's own, in memory (never on the data volume,
+    # which can fill up under the memory-mapped files), emptied, handed down in the environment.
     directory = metrics_files.prepare("access")
-    assert directory == tmp_path / "access" / "metrics" and not stale.exists()
+    assert directory == stale.parent and not stale.exists()
+    assert not directory.is_relative_to(tmp_path)
     assert os.environ[metrics_files.ENV] == str(directory) and metrics_files.enabled()
     # A worker it started (its parent prepared the directory): the same one, not emptied.
     stale.write_bytes(b"a sibling's counts")
