@@ -58,8 +58,8 @@ class Workers:
     A worker that dies (killed, or crashed) would leave the port with fewer processes
     for as long as the main one lives; `supervise` (a background job of the main
     process's server) starts it again within about RESPAWN_CHECK_SECONDS, then with
-    the shared backoff if it keeps dying. Workers are always started from the main
-    thread: the kernel's parent-death signal follows the thread that forked them.
+    the shared backoff if it keeps dying. Workers are started from the main thread
+    (the kernel's parent-death signal follows the thread that forked them).
     """
 
     RESPAWN_CHECK_SECONDS = 0.5
@@ -70,8 +70,10 @@ class Workers:
 
     def _spawn(self, index: int) -> None:
         env = {**os.environ, "LATCHKEY_ACCESS_WORKER_INDEX": str(index), PARENT_ENV: str(os.getpid())}
-        self.procs[index] = subprocess.Popen([sys.executable, "-m", "services.access"], env=env,
-                                             preexec_fn=process.preexec_die_with_parent())
+        # No preexec_fn: a respawn happens inside the running, threaded server, where Python
+        # code between fork and exec can deadlock the child. The worker asks for its parent-death
+        # signal itself, first thing (main below).
+        self.procs[index] = subprocess.Popen([sys.executable, "-m", "services.access"], env=env)
 
     def start(self) -> None:
         for index in range(1, self.count):
@@ -101,6 +103,9 @@ class Workers:
 
 
 def main() -> None:
+    parent = os.environ.get(PARENT_ENV)
+    if parent and os.environ.get("LATCHKEY_ACCESS_WORKER_INDEX", "0") != "0":
+        process.die_with_parent(int(parent))  # exits at once if the parent is already gone
     logs.configure("access")
     settings = AccessSettings.from_env()
     workers = Workers(settings.workers if settings.worker_index == 0 else 1)

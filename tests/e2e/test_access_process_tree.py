@@ -41,9 +41,15 @@ def test_a_killed_worker_is_started_again(stack, pki, tmp_path):
         wait_for(lambda: (new := children(main.pid)) and new != [worker] and listeners(port) >= 2,
                  "the killed worker was not started again")
         assert main.poll() is None
-    finally:
+        # 3. A graceful stop still stops everything promptly, the new worker included.
+        [respawned] = children(main.pid)
         main.terminate()
-        main.wait(timeout=30)
+        main.wait(timeout=15)
+        wait_for(lambda: not alive(respawned) and not listeners(port), "the respawned worker outlived a stop", 15)
+    finally:
+        if main.poll() is None:
+            main.kill()
+            main.wait(timeout=10)
 
 
 def test_a_worker_dies_with_its_killed_main_process(stack, pki, tmp_path):
