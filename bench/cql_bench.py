@@ -39,7 +39,7 @@ from latchkey.permissions.v1 import permissions_pb2_grpc
 from bench.access_bench import door_tls, seed
 from bench.audit_bench import decision, ingest, stream_rate, visible_lag
 from bench.harness import aio_channel, closed_loop, start_module, start_services, summary_ms, tls
-from latchkit.bus import DECISIONS_STREAM, PERMISSIONS_STREAM, BusSettings, ensure_streams
+from latchkit.bus import purge_streams
 from latchkit.scylla import ScyllaSettings
 from latchkit.stack import Stack, free_port
 from services.access.ports import PairRow, ViewBatch
@@ -64,7 +64,7 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path, stack: Stack) -> dict:
     rows["echo_floor@1"] = await echo_floor(stack_urls, pki_dir, state_dir)
     for backend in BACKENDS:
         # Each leg starts from revision 1 on empty streams: a new view needs every revision from the first.
-        await empty_streams(stack_urls.nats_url)
+        await purge_streams(stack_urls.nats_url)
         env = {**backend_env(backend, stack), "LATCHKEY_POSTGRES_DSN": fresh_database(stack_urls.postgres_dsn)}
         rows.update(await view_rows(backend, stack_urls, pki_dir, state_dir / f"view-{backend}", env))
         rows[f"view_apply:{backend}"] = await view_apply(backend, state_dir / f"apply-{backend}", env)
@@ -214,22 +214,10 @@ def fresh_database(dsn: str) -> str:
     return dsn.rsplit("/", 1)[0] + "/" + name
 
 
-async def empty_streams(url: str) -> None:
-    """Each audit run ingests only its own load, not what earlier cases left in the streams."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        await ensure_streams(js, BusSettings(url=url, duplicate_window_s=600))
-        for stream in (PERMISSIONS_STREAM, DECISIONS_STREAM):
-            await js.purge_stream(stream)
-    finally:
-        await nc.close()
-
-
 async def audit_rows(backend: str, stack_urls, pki_dir: Path, state: Path, env: dict) -> dict:
     env = {**env, "LATCHKEY_AUDIT_RETENTION_DAYS": "30"}
     await prefill(backend, state, env, STORED)
-    await empty_streams(stack_urls.nats_url)
+    await purge_streams(stack_urls.nats_url)
     services = start_services(stack_urls, pki_dir, state, names=("audit",), extra_env=env)
     rows = {}
     nc = await nats.connect(stack_urls.nats_url)

@@ -205,3 +205,16 @@ async def stream_tail_revision(js, stream: str = PERMISSIONS_STREAM) -> int:
         return 0
     msg = await js.get_msg(stream, seq=info.state.last_seq)
     return events_pb2.Envelope.FromString(msg.data).revision
+
+
+async def purge_streams(url: str) -> None:
+    """Empty the PERMISSIONS and DECISIONS streams (creating them if missing): for tests and benchmarks
+    that must start from revision 1 on a shared broker, never for a running system."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, BusSettings(url=url, duplicate_window_s=600.0))
+        for stream in (PERMISSIONS_STREAM, DECISIONS_STREAM):
+            await js.purge_stream(stream)
+    finally:
+        await nc.close()

@@ -11,15 +11,13 @@ in its own session, and is stopped by its pid file.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-from latchkit.process import pid_alive
+from latchkit.process import pid_alive, stop_pid
 from latchkit.settings import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "tools" / "cassandra"
@@ -145,15 +143,5 @@ class CqlEngine:
         """SIGTERM (Cassandra drains and flushes), then SIGKILL after `timeout`; removes the pid file."""
         pid = self.pid()
         if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + timeout
-                while pid_alive(pid) and time.monotonic() < deadline:
-                    with contextlib.suppress(ChildProcessError):
-                        os.waitpid(pid, os.WNOHANG)
-                    time.sleep(0.1)
-                if pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-                    with contextlib.suppress(ChildProcessError):
-                        os.waitpid(pid, 0)
+            stop_pid(pid, timeout, poll=0.1)
         self.pidfile.unlink(missing_ok=True)

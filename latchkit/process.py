@@ -9,6 +9,7 @@ fork and exec, and long-lived children also watch their parent's pid.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -45,3 +46,20 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def stop_pid(pid: int, timeout: float, poll: float = 0.05) -> None:
+    """SIGTERM `pid`, wait up to `timeout` for it to end (reaping it if it is our child), then SIGKILL."""
+    import time
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(poll)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)

@@ -8,7 +8,6 @@ ports. PostgreSQL refuses to run as root, so as root it runs as the
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import glob
 import json
@@ -24,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from latchkit.cql_engine import CqlEngine, CqlEngineError
-from latchkit.process import pid_alive
+from latchkit.process import pid_alive, stop_pid
 
 # Below the kernel's ephemeral range (32768-60999 on Linux): a recent outgoing connection that
 # happened to get one of these as its local port (common after a test run) would otherwise keep
@@ -360,15 +359,7 @@ class Stack:
         except ValueError:
             pidfile.unlink()
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while pid_alive(pid) and time.monotonic() < deadline:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-                time.sleep(0.05)
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        stop_pid(pid, timeout=10)
         pidfile.unlink(missing_ok=True)
 
     def _redis_up(self) -> None:

@@ -11,11 +11,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import nats
 import pytest
 
 from latchkit import endpoints
-from latchkit.bus import DECISIONS_STREAM, PERMISSIONS_STREAM, BusSettings, ensure_streams
+from latchkit.bus import purge_streams
 from latchkit.run import health_of
 from latchkit.settings import REPO_ROOT
 from latchkit.stack import free_port
@@ -42,17 +41,6 @@ class System:
             assert self.procs[name].poll() is None, f"{name} exited"
             assert time.monotonic() < deadline, f"{name} not healthy within 30 s"
             time.sleep(0.05)
-
-
-async def purge_streams(url: str) -> None:
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        await ensure_streams(js, BusSettings(url=url, duplicate_window_s=600.0))
-        for stream in (PERMISSIONS_STREAM, DECISIONS_STREAM):
-            await js.purge_stream(stream)
-    finally:
-        await nc.close()
 
 
 @pytest.fixture(scope="session", params=["embedded", "cql"])
@@ -123,3 +111,13 @@ def system(request, stack, pki, tmp_path_factory):
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture
+def admin(system, pki):
+    """An admin client of the system's permissions service (tests/e2e/helpers.Admin)."""
+    from tests.e2e.helpers import Admin
+
+    a = Admin(system, pki)
+    yield a
+    a.close()

@@ -10,17 +10,10 @@ import pytest
 from latchkey.events.v1 import events_pb2 as ev
 from latchkey.permissions.v1 import permissions_pb2 as pm
 
-from tests.e2e.helpers import Admin, Door, audit_events, card, rid, wait_for_view
+from tests.e2e.helpers import Door, audit_events, card, rid, wait_for_view
 
 GRANTED, DENIED = ev.DECISION_GRANTED, ev.DECISION_DENIED
 R = ev
-
-
-@pytest.fixture
-def admin(system, pki):
-    a = Admin(system, pki)
-    yield a
-    a.close()
 
 
 @pytest.fixture

@@ -10,16 +10,9 @@ from latchkey.access.v1 import access_pb2, access_pb2_grpc
 from latchkey.events.v1 import events_pb2 as ev
 
 from latchkit.tls import channel_credentials
-from tests.e2e.helpers import Admin, Door, audit_events, rid
+from tests.e2e.helpers import Door, audit_events, rid
 
 UNREACHABLE = 10**12
-
-
-@pytest.fixture
-def admin(system, pki):
-    a = Admin(system, pki)
-    yield a
-    a.close()
 
 
 @pytest.fixture

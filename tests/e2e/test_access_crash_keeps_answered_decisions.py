@@ -11,22 +11,14 @@ import threading
 import time
 
 import grpc
-import pytest
 from latchkey.audit.v1 import audit_pb2, audit_pb2_grpc
 from latchkey.permissions.v1 import permissions_pb2 as pm
 
 from latchkit.tls import channel_credentials
-from tests.e2e.helpers import Admin, Door, card, rid
+from tests.e2e.helpers import Door, card, rid
 
 CONTROLLERS = 8
 ANSWERS_BEFORE_THE_KILL = 400
-
-
-@pytest.fixture
-def admin(system, pki):
-    a = Admin(system, pki)
-    yield a
-    a.close()
 
 
 def audited_decisions(system, pki, door_id: str, wanted: set[str], limit_s: float) -> set[str]:

@@ -10,16 +10,9 @@ from latchkey.audit.v1 import audit_pb2, audit_pb2_grpc
 from latchkey.permissions.v1 import permissions_pb2 as pm
 
 from latchkit.tls import channel_credentials
-from tests.e2e.helpers import Admin, Door, audit_events, card, rid
+from tests.e2e.helpers import Door, audit_events, card, rid
 
 ADMIN_URI = "spiffe://latchkey/role/admin"
-
-
-@pytest.fixture
-def admin(system, pki):
-    a = Admin(system, pki)
-    yield a
-    a.close()
 
 
 @pytest.fixture
