@@ -31,8 +31,8 @@ def migrate_cql(replication_factor: int = typer.Option(3, "--rf", help="replicas
 
 @app.command("rebuild-view")
 def rebuild_view() -> None:
-    """Repopulate the unlock view and Redis from the permissions service's access snapshot (LATCHKEY_PERMISSIONS_TARGET,
-    as the access service's identity); Unlock keeps serving meanwhile."""
+    """Repopulate the unlock view and Redis from the permissions service's access snapshot
+    (LATCHKEY_PERMISSIONS_TARGET, as the access service's identity); Unlock keeps serving meanwhile."""
     from latchkey.permissions.v1 import permissions_pb2_grpc
 
     from latchkit import endpoints
