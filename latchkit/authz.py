@@ -34,8 +34,9 @@ RULES: dict[tuple[str, str], frozenset[str]] = {
     ("role", "auditor"): frozenset({AUDIT}),
     # A door controller asks to open its own door (checked by may_unlock).
     ("door", "*"): frozenset({ACCESS + "Unlock"}),
-    # The access service reads permissions to rebuild its view.
-    ("service", "access"): _methods(PERMISSIONS, _PERMISSIONS_READS),
+    # The access service rebuilds its view from the snapshot permissions exports,
+    # and may read the rest; it writes nothing there.
+    ("service", "access"): _methods(PERMISSIONS, _PERMISSIONS_READS + ("ExportAccessSnapshot",)),
 }
 
 

@@ -109,7 +109,9 @@ def issue(
     """Issue a certificate for `spiffe://latchkey/<kind>/<name>`, signed by the CA in `ca_dir`.
 
     The certificate is valid for both server and client authentication and
-    names `localhost`/127.0.0.1 so a service can present it when listening.
+    names `localhost`/127.0.0.1 so a service can present it when listening; a
+    service's also names the service (its Kubernetes Service), so a job in the
+    cluster can dial e.g. `permissions:7401`.
     """
     uri = spiffe_id(kind, name)
     ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
@@ -130,6 +132,7 @@ def issue(
                     x509.UniformResourceIdentifier(uri),
                     x509.DNSName("localhost"),
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    *([x509.DNSName(name)] if kind == "service" else []),
                 ]
             ),
             critical=False,

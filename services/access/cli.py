@@ -31,27 +31,31 @@ def migrate_cql(replication_factor: int = typer.Option(3, "--rf", help="replicas
 
 @app.command("rebuild-view")
 def rebuild_view() -> None:
-    """Repopulate the unlock view and Redis from PostgreSQL; Unlock keeps serving meanwhile."""
+    """Repopulate the unlock view and Redis from the permissions service's access snapshot
+    (LATCHKEY_PERMISSIONS_TARGET, as the access service's identity); Unlock keeps serving meanwhile."""
+    from latchkey.permissions.v1 import permissions_pb2_grpc
+
+    from latchkit import endpoints
+    from latchkit.tls import secure_channel
     from services.access import bootstrap
     from services.access.adapters.redis_cache import RedisUnlockCache
     from services.access.rebuild import rebuild
     from services.access.settings import AccessSettings
-    from services.permissions.adapters.postgres import Database
-    from services.permissions.settings import PermissionsSettings
 
     async def main() -> dict:
         settings = AccessSettings.from_env()
         view = bootstrap.build_view(settings)
         await view.open()
         cache = RedisUnlockCache(settings.redis_url, settings.cache_ttl_seconds, settings.negative_ttl_seconds)
-        db = Database(PermissionsSettings.from_env().postgres_dsn, pool_size=2)
+        # The access service's own certificate: the identity the snapshot is exported to.
+        channel = secure_channel(endpoints.PERMISSIONS.target, settings.server.tls)
         try:
             with Progress(console=console) as bar:
                 task = bar.add_task("rebuilding the unlock view", total=None)
-                return await rebuild(db, view, cache, lambda done, total: bar.update(task, completed=done,
-                                                                                  total=total))
+                return await rebuild(permissions_pb2_grpc.PermissionsServiceStub(channel), view, cache,
+                                     lambda done, total: bar.update(task, completed=done, total=total))
         finally:
-            await db.close()
+            await channel.close()
             await cache.close()
             await view.close()
 

@@ -12,6 +12,7 @@ from latchkey.permissions.v1 import permissions_pb2_grpc
 from latchkit.errors import AlreadyExists, InvalidArgument, handles_errors
 from latchkit.identity import actor
 from services.permissions import domain as v
+from services.permissions import snapshot
 from services.permissions.adapters.postgres import Database
 from services.permissions.service import Access, Directory, get, page
 
@@ -470,3 +471,7 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
             grants=[pm.GrantEvaluation(grant_id=r.grant_id, via_group_id=r.via_group_id, reason=int(reason))
                     for r, reason in verdict.per_rule],
         )
+
+    # ---- access snapshot: the contract and the work are in snapshot.py -----------
+    async def ExportAccessSnapshot(self, request, context):
+        await snapshot.serve(self.db, context)
