@@ -248,6 +248,30 @@ def consumer_span(name: str, msg) -> Iterator[object | None]:
         yield span
 
 
+@contextmanager
+def consumer_batch_span(name: str, msgs: list) -> Iterator[object | None]:
+    """A consumer span for a fetched batch: child of the one message's trace, or linked to each of several.
+
+    A batch handled as one unit (one store write, one ack) is one span; with
+    several messages it cannot have several parents, so it links to each trace.
+    """
+    if not tracing.ENABLED:
+        yield None
+        return
+    if len(msgs) == 1:
+        with consumer_span(name, msgs[0]) as span:
+            yield span
+        return
+    links = [link for link in (tracing.link_to(tracing.extract(getattr(m, "headers", None))) for m in msgs)
+             if link is not None]
+    attributes = {"messaging.system": "nats", "messaging.operation.type": "process",
+                  "messaging.batch.message_count": len(msgs)}
+    if msgs:
+        attributes["messaging.destination.name"] = msgs[0].subject
+    with tracing.span(name, kind="CONSUMER", links=links, attributes=attributes) as span:
+        yield span
+
+
 def _metadata(msg):
     """JetStream metadata of a message, or None for a core NATS message."""
     try:

@@ -79,12 +79,17 @@ def configure(service: str, env: Mapping[str, str] | None = None) -> bool:
     return True
 
 
-def shutdown() -> None:
-    """Send what is buffered and turn tracing off (a stopping process, a test)."""
+def shutdown(flush_ms: int = 2000) -> None:
+    """Send what is buffered (waiting at most `flush_ms`) and turn tracing off (a stopping process, a test).
+
+    Bounded: a collector that is down must not hold a stopping service for the exporter's
+    whole retry budget.
+    """
     global ENABLED, _provider, _tracer
     ENABLED = False
     provider, _provider, _tracer = _provider, None, None
     if provider is not None:
+        provider.force_flush(flush_ms)
         provider.shutdown()
 
 
