@@ -213,16 +213,22 @@ def extract_context(headers: dict | None):
 
 
 @contextmanager
-def publish_span(subject: str, headers: dict | None = None) -> Iterator[dict | None]:
+def publish_span(subject: str, headers: dict | None = None, *, traceparent: str | None = None,
+                 links: tuple = ()) -> Iterator[dict | None]:
     """A producer span around one publish; yields the headers to publish with (its traceparent added).
 
         with bus.publish_span(subject, {"Nats-Msg-Id": event_id}) as headers:
             await js.publish(subject, data, headers=headers)
+
+    The span is a child of the current span, or of `traceparent` when given (a W3C
+    traceparent kept with the event, e.g. in an outbox row written by another task);
+    `links` (span links, `tracing.link_to`) name other traces it carries (a batch).
     """
     if not tracing.ENABLED:
         yield headers
         return
-    with tracing.span(f"{subject} publish", kind="PRODUCER",
+    parent = tracing.extract({"traceparent": traceparent}) if traceparent else None
+    with tracing.span(f"{subject} publish", kind="PRODUCER", parent=parent, links=links,
                       attributes={"messaging.system": "nats", "messaging.destination.name": subject,
                                   "messaging.operation.type": "publish"}):
         yield tracing.inject(dict(headers) if headers else {})

@@ -82,8 +82,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         traced = not open_method
 
         def begin(context):
-            """The call's server span and context token, or None (tracing off, or an open method)."""
-            if traced and tracing.ENABLED:
+            """The call's server span and context token (tracing on), or None for an open method."""
+            if traced:
                 return tracing.start_server_span(context.invocation_metadata(), service, name)
             return None
 
@@ -114,7 +114,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request, context):
                 started = time.perf_counter()
                 failed = True
-                span = begin(context)
+                span = begin(context) if tracing.ENABLED else None
                 try:
                     await check(context)
                     response = await inner(request, context)
@@ -135,7 +135,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 async def unary_stream(request, context):
                     started = time.perf_counter()
                     failed = True
-                    span = begin(context)
+                    span = begin(context) if tracing.ENABLED else None
                     try:
                         await check(context)
                         async for item in inner_stream(request, context):
@@ -149,7 +149,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 async def unary_stream(request, context):
                     started = time.perf_counter()
                     failed = True
-                    span = begin(context)
+                    span = begin(context) if tracing.ENABLED else None
                     try:
                         await check(context)
                         await inner_stream(request, context)
@@ -166,7 +166,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def stream_unary(request_iterator, context):
                 started = time.perf_counter()
                 failed = True
-                span = begin(context)
+                span = begin(context) if tracing.ENABLED else None
                 try:
                     await check(context)
                     response = await inner_client_stream(request_iterator, context)
@@ -184,7 +184,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def stream_stream(request_iterator, context):
                 started = time.perf_counter()
                 failed = True
-                span = begin(context)
+                span = begin(context) if tracing.ENABLED else None
                 try:
                     await check(context)
                     async for item in inner_bidi(request_iterator, context):

@@ -176,6 +176,11 @@ def link_to(context) -> Any | None:
     return trace.Link(span_context) if span_context.is_valid else None
 
 
+def current_traceparent() -> str | None:
+    """The current span's W3C traceparent (to keep with an event published later), or None (off)."""
+    return inject({}).get("traceparent") if ENABLED else None
+
+
 def current_context():
     """The current context (to hand to another task, e.g. a record kept for later)."""
     from opentelemetry import context as otel_context
