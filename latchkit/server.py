@@ -179,9 +179,11 @@ async def serve_forever(settings: ServerSettings, spec: ServiceSpec) -> None:
         bus.shutting_down()
         log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
         await running.stop(settings.grace_seconds)
-        if spec.on_stop is not None:
-            await spec.on_stop()
-        tracing.shutdown()
+        try:
+            if spec.on_stop is not None:
+                await spec.on_stop()
+        finally:
+            tracing.shutdown()
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
