@@ -4,7 +4,8 @@ Each `bench/<area>_bench.py` exposes `async def run(...) -> dict` of rows
 `{name: {metric: value}}`. This runner starts the stack and a PKI, runs each
 module, prints one table per area and writes everything to
 bench-results/bench-<timestamp>.json. Figures are to be quoted as ratios
-against the echo floor measured in the same run.
+against the echo floor measured in the same run. `python -m bench access --tracing`
+adds Unlock's rows with tracing off and on.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _table(area: str, rows: dict) -> Table:
     return table
 
 
-async def _run_area(area: str, stack: Stack, pki_dir: Path, state_dir: Path) -> dict | None:
+async def _run_area(area: str, stack: Stack, pki_dir: Path, state_dir: Path, tracing: bool) -> dict | None:
     try:
         module = importlib.import_module(f"bench.{area}_bench")
     except ModuleNotFoundError as exc:
@@ -67,10 +68,12 @@ async def _run_area(area: str, stack: Stack, pki_dir: Path, state_dir: Path) -> 
         kwargs["state_dir"] = state_dir / area
     if "stack" in params:
         kwargs["stack"] = stack
+    if tracing and "tracing" in params:
+        kwargs["tracing"] = True
     return await module.run(**kwargs)
 
 
-async def main(selected: list[str]) -> int:
+async def main(selected: list[str], tracing: bool = False) -> int:
     # Output that is not a terminal (CI logs, a file) has no width to fit: print the table whole.
     console = Console() if sys.stdout.isatty() else Console(width=240)
     state = REPO_ROOT / ".state" / f"bench-{uuid.uuid4().hex[:8]}"
@@ -85,7 +88,7 @@ async def main(selected: list[str]) -> int:
     try:
         stack.up(cql="cql" in selected)  # the CQL engine only when its rows are asked for
         for area in selected:
-            rows = await _run_area(area, stack, pki_dir, state)
+            rows = await _run_area(area, stack, pki_dir, state, tracing)
             if rows is None:
                 console.print(f"[yellow]{area}: no benchmark module yet[/yellow]")
                 continue
@@ -107,4 +110,5 @@ if __name__ == "__main__":
     import uvloop
 
     chosen = [a for a in sys.argv[1:] if a in AREAS] or list(AREAS)
-    raise SystemExit(uvloop.run(main(chosen)))
+    # --tracing: the access area also measures its Unlock rows with tracing on (bench/access_tracing.py).
+    raise SystemExit(uvloop.run(main(chosen, tracing="--tracing" in sys.argv[1:])))

@@ -7,6 +7,8 @@ the per-process cache (`unlock_memory_hit`); a second access process with that
 cache off measures the Redis hit and the view hit after a Redis flush.
 Two lower bounds (`bench/bound_server.py`) run beside the floor: an answer
 that decides nothing, and the same answer with Unlock's decision event.
+`--tracing` adds the Unlock rows with tracing off and on side by side
+(`bench/access_tracing.py`).
 The floor and the cases it is compared with run in rotation, three turns of
 one second each (`harness.interleaved`), so a slow spell of the machine does
 not land on one of them only.
@@ -80,7 +82,8 @@ async def seed(admin, door_name: str, users: int):
     return door, cards, revision
 
 
-async def run(stack_urls, pki_dir: Path, state_dir: Path, stack: Stack | None = None) -> dict:
+async def run(stack_urls, pki_dir: Path, state_dir: Path, stack: Stack | None = None,
+              tracing: bool = False) -> dict:
     services = start_services(stack_urls, pki_dir, state_dir, names=("permissions", "access"), extra_env={
         "LATCHKEY_ACCESS_WORKERS": "1", "LATCHKEY_ACCESS_THROTTLE_CREDENTIAL_DENIALS": "1000000000",
         "LATCHKEY_ACCESS_THROTTLE_DOOR_DENIALS": "1000000000"})
@@ -104,6 +107,12 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path, stack: Stack | None = 
             rows.update(await measure(services.targets["access"], pki_dir, echo_port, pg_port, bound_port,
                                       hot_door, hot_cards[0], revision, servers, shared))
             rows["server_decision_time_memory_hit"] = await decision_times(stack_urls.nats_url, hot_door.door_id)
+            if tracing:  # `--tracing`: the Unlock rows again beside a traced access process
+                from bench.access_tracing import measure_traced
+
+                rows.update(await measure_traced(
+                    (services.procs["access"].pid, services.targets["access"]), start_access, services.env,
+                    state_dir, pki_dir, hot_door, hot_cards[0], revision, echo_port, shared))
             # The same service with its per-process cache off: what Redis and the view cost.
             redis_only, target = start_access(services.env, state_dir / "redis-only",
                                               {"LATCHKEY_ACCESS_LOCAL_CACHE_ENTRIES": "0"})

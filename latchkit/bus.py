@@ -17,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import nats
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from latchkit import tracing
 from latchkit.settings import env_float, env_str
 
 log = logging.getLogger("latchkit.bus")
@@ -190,6 +193,97 @@ class Puller:
             raise
         self.idle = False
         return msgs
+
+
+def inject_headers(headers: dict | None = None) -> dict | None:
+    """`headers` for a publish, with the current trace's `traceparent` added when tracing is on.
+
+    Off, `headers` come back as they are (None stays None): no work on the publish path.
+    """
+    if not tracing.ENABLED:
+        return headers
+    return tracing.inject(dict(headers) if headers else {})
+
+
+def extract_context(headers: dict | None):
+    """The trace context a received message's headers carry (None when tracing is off)."""
+    if not tracing.ENABLED:
+        return None
+    return tracing.extract(headers)
+
+
+@contextmanager
+def publish_span(subject: str, headers: dict | None = None, *, traceparent: str | None = None,
+                 links: tuple = ()) -> Iterator[dict | None]:
+    """A producer span around one publish; yields the headers to publish with (its traceparent added).
+
+        with bus.publish_span(subject, {"Nats-Msg-Id": event_id}) as headers:
+            await js.publish(subject, data, headers=headers)
+
+    The span is a child of the current span, or of `traceparent` when given (a W3C
+    traceparent kept with the event, e.g. in an outbox row written by another task);
+    `links` (span links, `tracing.link_to`) name other traces it carries (a batch).
+    """
+    if not tracing.ENABLED:
+        yield headers
+        return
+    parent = tracing.extract({"traceparent": traceparent}) if traceparent else None
+    with tracing.span(f"{subject} publish", kind="PRODUCER", parent=parent, links=links,
+                      attributes={"messaging.system": "nats", "messaging.destination.name": subject,
+                                  "messaging.operation.type": "publish"}):
+        yield tracing.inject(dict(headers) if headers else {})
+
+
+@contextmanager
+def consumer_span(name: str, msg) -> Iterator[object | None]:
+    """A consumer span for one received message, child of the trace its headers carry.
+
+    Yields the span (None when tracing is off); code inside it (a publish, a
+    store write) runs in that trace.
+    """
+    if not tracing.ENABLED:
+        yield None
+        return
+    parent = tracing.extract(getattr(msg, "headers", None))
+    attributes = {"messaging.system": "nats", "messaging.destination.name": msg.subject,
+                  "messaging.operation.type": "process"}
+    metadata = _metadata(msg)
+    if metadata is not None:
+        attributes["messaging.nats.stream_sequence"] = metadata.sequence.stream
+    with tracing.span(name, kind="CONSUMER", parent=parent, attributes=attributes) as span:
+        yield span
+
+
+@contextmanager
+def consumer_batch_span(name: str, msgs: list) -> Iterator[object | None]:
+    """A consumer span for a fetched batch: child of the one message's trace, or linked to each of several.
+
+    A batch handled as one unit (one store write, one ack) is one span; with
+    several messages it cannot have several parents, so it links to each trace.
+    """
+    if not tracing.ENABLED:
+        yield None
+        return
+    if len(msgs) == 1:
+        with consumer_span(name, msgs[0]) as span:
+            yield span
+        return
+    links = [link for link in (tracing.link_to(tracing.extract(getattr(m, "headers", None))) for m in msgs)
+             if link is not None]
+    attributes = {"messaging.system": "nats", "messaging.operation.type": "process",
+                  "messaging.batch.message_count": len(msgs)}
+    if msgs:
+        attributes["messaging.destination.name"] = msgs[0].subject
+    with tracing.span(name, kind="CONSUMER", links=links, attributes=attributes) as span:
+        yield span
+
+
+def _metadata(msg):
+    """JetStream metadata of a message, or None for a core NATS message."""
+    try:
+        return msg.metadata
+    except Exception:  # noqa: BLE001 - nats-py raises its own error for a reply subject it cannot parse
+        return None
 
 
 async def stream_tail_revision(js, stream: str = PERMISSIONS_STREAM) -> int:

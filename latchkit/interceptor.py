@@ -1,8 +1,12 @@
-"""One server interceptor for every service: identity, authorization, metrics.
+"""One server interceptor for every service: identity, authorization, metrics, trace spans.
 
 grpc.aio does not expose the peer certificate to an interceptor, so the
 interceptor wraps the method handler and reads `context.auth_context()` inside
 the wrapped behaviour (see CONVENTIONS.md, "Traps").
+
+Tracing (`latchkit.tracing`): with it on, every call except health and
+reflection gets a server span, child of the caller's W3C `traceparent` if
+its metadata carries one; off, each call tests one boolean and nothing more.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Callable
 
 import grpc
 
+from latchkit import tracing
 from latchkit.identity import Principal, current_principal, principal_from_context
 from latchkit.metrics import HANDLED, HANDLING_SECONDS, STARTED, split_method
 
@@ -74,7 +79,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             current_principal.set(principal)
             return True
 
-        def record(context, started: float, failed: bool) -> None:
+        traced = not open_method
+
+        def begin(context):
+            """The call's server span and context token (tracing on), or None for an open method."""
+            if traced:
+                return tracing.start_server_span(context.invocation_metadata(), service, name)
+            return None
+
+        def record(context, started: float, failed: bool, span=None) -> None:
             code = context.code() if hasattr(context, "code") else None
             if code is None:
                 if not failed:
@@ -91,6 +104,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                                                          HANDLING_SECONDS.labels(service, name, grpc_type, code_name))
             children[0].inc()
             children[1].observe(time.perf_counter() - started)
+            if span is not None:
+                tracing.end_server_span(span[0], span[1], code if isinstance(code, grpc.StatusCode)
+                                        else grpc.StatusCode.UNKNOWN)
 
         if handler.unary_unary is not None:
             inner = handler.unary_unary
@@ -98,13 +114,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request, context):
                 started = time.perf_counter()
                 failed = True
+                span = begin(context) if tracing.ENABLED else None
                 try:
                     await check(context)
                     response = await inner(request, context)
                     failed = False
                     return response
                 finally:
-                    record(context, started, failed)
+                    record(context, started, failed, span)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, handler.request_deserializer, handler.response_serializer
@@ -118,25 +135,27 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 async def unary_stream(request, context):
                     started = time.perf_counter()
                     failed = True
+                    span = begin(context) if tracing.ENABLED else None
                     try:
                         await check(context)
                         async for item in inner_stream(request, context):
                             yield item
                         failed = False
                     finally:
-                        record(context, started, failed)
+                        record(context, started, failed, span)
 
             else:
 
                 async def unary_stream(request, context):
                     started = time.perf_counter()
                     failed = True
+                    span = begin(context) if tracing.ENABLED else None
                     try:
                         await check(context)
                         await inner_stream(request, context)
                         failed = False
                     finally:
-                        record(context, started, failed)
+                        record(context, started, failed, span)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer
@@ -147,13 +166,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def stream_unary(request_iterator, context):
                 started = time.perf_counter()
                 failed = True
+                span = begin(context) if tracing.ENABLED else None
                 try:
                     await check(context)
                     response = await inner_client_stream(request_iterator, context)
                     failed = False
                     return response
                 finally:
-                    record(context, started, failed)
+                    record(context, started, failed, span)
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary, handler.request_deserializer, handler.response_serializer
@@ -164,13 +184,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def stream_stream(request_iterator, context):
                 started = time.perf_counter()
                 failed = True
+                span = begin(context) if tracing.ENABLED else None
                 try:
                     await check(context)
                     async for item in inner_bidi(request_iterator, context):
                         yield item
                     failed = False
                 finally:
-                    record(context, started, failed)
+                    record(context, started, failed, span)
 
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream, handler.request_deserializer, handler.response_serializer

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from latchkit import bus, reflection
+from latchkit import bus, reflection, tracing
 from latchkit.interceptor import Policy, ServerInterceptor, allow_any_principal
 from latchkit.metrics import serve_metrics
 from latchkit.settings import ServerSettings
@@ -162,7 +162,12 @@ async def _follow_health(servicer: health.aio.HealthServicer, names: Sequence[st
 
 
 async def serve_forever(settings: ServerSettings, spec: ServiceSpec) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    """Run until SIGTERM/SIGINT, then shut down gracefully.
+
+    A service process starts here, so here its tracing is configured (on only with an OTLP
+    endpoint in the environment; each access worker process configures its own) and flushed.
+    """
+    tracing.configure(spec.name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -174,8 +179,11 @@ async def serve_forever(settings: ServerSettings, spec: ServiceSpec) -> None:
         bus.shutting_down()
         log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
         await running.stop(settings.grace_seconds)
-        if spec.on_stop is not None:
-            await spec.on_stop()
+        try:
+            if spec.on_stop is not None:
+                await spec.on_stop()
+        finally:
+            tracing.shutdown()
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:

@@ -98,6 +98,11 @@ class Ingest:
     async def handle(self, stream: str, msgs) -> None:
         if not msgs:
             return
+        # Traced: one span per batch, in the trace of the event that came (linked to each, if several).
+        with bus.consumer_batch_span(f"audit.ingest {stream}", msgs):
+            await self._store(stream, msgs)
+
+    async def _store(self, stream: str, msgs) -> None:
         records = []
         for msg in msgs:
             try:
