@@ -5,13 +5,17 @@ SERVING again by itself as soon as the component returns."""
 from __future__ import annotations
 
 import asyncio
+import io
 import shutil
 import uuid
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
 
+from latchkit import cli_errors, server
 from latchkit.bus import BusSettings
+from latchkit.run import check_health
 from latchkit.settings import REPO_ROOT
 from latchkit.stack import Stack, StackPorts
 from services.permissions import bootstrap
@@ -40,11 +44,9 @@ async def own_stack():
 
 
 @pytest.fixture
-async def health(own_stack, pki):
+async def health(own_stack, pki, monkeypatch):
     """A permissions server (relay included) on the private stack; yields a function that reads
     the health of a name."""
-    from latchkit import server
-
     urls = own_stack.urls()
     settings = PermissionsSettings(server=server_settings(pki.tls("permissions")),
                                    bus=BusSettings(url=urls.nats_url, duplicate_window_s=600.0),
@@ -52,6 +54,11 @@ async def health(own_stack, pki):
                                    relay_batch=256)
     app = bootstrap.build(settings)
     running = await server.start(settings.server, app.spec())
+    # What `latchkey health` dials: this server, as admin.
+    monkeypatch.setenv("LATCHKEY_PERMISSIONS_TARGET", f"localhost:{running.port}")
+    admin = pki.tls("admin")
+    for key, path in {"CA": admin.ca_file, "CERT": admin.cert_file, "KEY": admin.key_file}.items():
+        monkeypatch.setenv(f"LATCHKEY_CLIENT_TLS_{key}", str(path))
     try:
         async with aio_channel(running.port, pki.tls("admin")) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -63,6 +70,13 @@ async def health(own_stack, pki):
     finally:
         await running.stop(0.5)
         await app.db.close()
+
+
+async def latchkey_health(**options) -> tuple[int, str]:
+    """`latchkey health --only permissions`: its exit code and what it printed."""
+    out = io.StringIO()
+    code = await asyncio.to_thread(check_health, Console(file=out, width=200), only="permissions", **options)
+    return code, out.getvalue()
 
 
 async def statuses(status) -> dict[str, int]:
@@ -83,6 +97,11 @@ async def test_permissions_is_not_serving_while_postgresql_is_down_and_recovers_
     assert await statuses(health) == {"": NOT_SERVING, SERVICE: NOT_SERVING,
                                       "latchkey.dependency.postgresql": NOT_SERVING,
                                       "latchkey.dependency.nats": SERVING}
+    # `latchkey health` names the dependency and fails the check (exit 1); the liveness probe
+    # still passes: the server answers, and a restart would not bring PostgreSQL back.
+    code, printed = await latchkey_health()
+    assert code == cli_errors.CHECK_FAILED and "NOT_SERVING  down: postgresql" in printed
+    assert (await latchkey_health(liveness=True))[0] == cli_errors.OK
 
     # PostgreSQL returns: health comes back by itself within a few seconds.
     await asyncio.to_thread(own_stack.start_component, "postgres")
@@ -103,6 +122,9 @@ async def test_permissions_stays_serving_degraded_while_nats_is_down_and_recover
     assert await statuses(health) == {"": SERVING, SERVICE: SERVING,
                                       "latchkey.dependency.postgresql": SERVING,
                                       "latchkey.dependency.nats": NOT_SERVING}
+    # `latchkey health` passes (exit 0) and says the service is degraded, and by what.
+    code, printed = await latchkey_health()
+    assert code == cli_errors.OK and "SERVING  degraded: nats" in printed
 
     # NATS returns: the dependency is SERVING again by itself.
     await asyncio.to_thread(own_stack.start_component, "nats")
