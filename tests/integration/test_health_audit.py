@@ -5,6 +5,7 @@ NATS returns. (The embedded store is a local file: there is no store dependency 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
 
@@ -29,6 +30,8 @@ async def own_nats(stack):
     own = Stack(stack.state_dir / f"health-audit-{uuid.uuid4().hex[:6]}", StackPorts.free())
     await asyncio.to_thread(own.start_component, "nats")
     yield own
+    with contextlib.suppress(ProcessLookupError, FileNotFoundError, ValueError):
+        own.thaw_component("nats")  # a hung NATS is let go before it is stopped
     await asyncio.to_thread(own.stop_component, "nats")
 
 
@@ -55,7 +58,17 @@ async def status(stub, name: str) -> int:
     return (await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)).status
 
 
-async def test_audit_stays_serving_degraded_while_nats_is_down_and_recovers_by_itself(own_nats, stub):
+OUTAGES = {
+    # Stopped: connections are refused.
+    "stopped": (lambda own: own.stop_component("nats"), lambda own: own.start_component("nats")),
+    # Hung (SIGSTOP): connections stay open and nothing answers; each probe gives up after its 1 s bound.
+    "hung": (lambda own: own.freeze_component("nats"), lambda own: own.thaw_component("nats")),
+}
+
+
+@pytest.mark.parametrize("outage", OUTAGES)
+async def test_audit_stays_serving_degraded_while_nats_is_out_and_recovers_by_itself(own_nats, stub, outage):
+    begin, end = OUTAGES[outage]
     # With NATS up, audit and its NATS dependency are SERVING; an embedded store is not a dependency.
     assert await status(stub, "") == SERVING
     assert await status(stub, "latchkey.dependency.nats") == SERVING
@@ -63,8 +76,8 @@ async def test_audit_stays_serving_degraded_while_nats_is_down_and_recovers_by_i
         await status(stub, "latchkey.dependency.audit_store")
     assert unknown.value.code() == StatusCode.NOT_FOUND
 
-    # NATS stops: the dependency says NOT_SERVING, the service (and its reads) stay SERVING.
-    await asyncio.to_thread(own_nats.stop_component, "nats")
+    # NATS stops or hangs: the dependency says NOT_SERVING, the service (and its reads) stay SERVING.
+    await asyncio.to_thread(begin, own_nats)
 
     async def degraded() -> bool:
         return await status(stub, "latchkey.dependency.nats") == NOT_SERVING
@@ -72,8 +85,8 @@ async def test_audit_stays_serving_degraded_while_nats_is_down_and_recovers_by_i
     assert await status(stub, "") == SERVING
     assert await status(stub, "latchkey.audit.v1.AuditService") == SERVING
 
-    # NATS returns: the dependency is SERVING again by itself.
-    await asyncio.to_thread(own_nats.start_component, "nats")
+    # NATS is back: the dependency is SERVING again by itself.
+    await asyncio.to_thread(end, own_nats)
 
     async def back() -> bool:
         return await status(stub, "latchkey.dependency.nats") == SERVING
