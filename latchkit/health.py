@@ -8,8 +8,9 @@ grpc.health.v1 servicer:
 - `latchkey.dependency.<name>` (e.g. `latchkey.dependency.postgresql`): SERVING while the
   dependency answers, NOT_SERVING while it does not;
 - `""` and the service's own names: NOT_SERVING while a *required* dependency is down (the
-  service cannot do its main job). A dependency that is not required only degrades the
-  service: it stays SERVING and the dependency's own name says what is missing.
+  service cannot do its main job), unless its `fallback` answers. A dependency that is not
+  required only degrades the service: it stays SERVING and the dependency's own name says
+  what is missing.
 
 A probe keeps one connection of its own (the service's pools and consumers are left alone)
 and throws it away when it fails; while a dependency is down the probes back off to one a
@@ -50,7 +51,15 @@ class DependencyCheck:
     required: bool
     """Down means the service cannot do its main job: NOT_SERVING. Otherwise: degraded, still SERVING."""
     close: Callable[[], Awaitable[None]] = _nothing
+    fallback: DependencyCheck | None = None
+    """A required dependency whose down is tolerated while this one answers (access: the view,
+    while Redis still answers what it holds)."""
     up: bool = field(default=True, init=False)
+
+    @property
+    def blocking(self) -> bool:
+        """Down, required, and nothing to fall back on: the service cannot do its main job."""
+        return self.required and not self.up and not (self.fallback is not None and self.fallback.up)
 
     @property
     def service_name(self) -> str:
@@ -146,7 +155,8 @@ def redis(client, *, required: bool = False) -> DependencyCheck:
     return DependencyCheck("redis", probe, required)
 
 
-def cql(name: str, session: Callable[[], object], *, required: bool = True) -> DependencyCheck:
+def cql(name: str, session: Callable[[], object], *, required: bool = True,
+        fallback: DependencyCheck | None = None) -> DependencyCheck:
     """One read of `system.local` through the adapter's session (None until it is open: down)."""
     from latchkit import scylla
 
@@ -156,4 +166,4 @@ def cql(name: str, session: Callable[[], object], *, required: bool = True) -> D
             raise ConnectionError("no CQL session")
         await scylla.execute(current, "SELECT release_version FROM system.local")
 
-    return DependencyCheck(name, probe, required)
+    return DependencyCheck(name, probe, required, fallback=fallback)

@@ -162,8 +162,7 @@ async def start(settings: ServerSettings, spec: ServiceSpec) -> RunningServer:
 
 
 def _ready(spec: ServiceSpec) -> bool:
-    return (all(d.up for d in spec.dependencies if d.required)
-            and (spec.healthy is None or spec.healthy()))
+    return not any(d.blocking for d in spec.dependencies) and (spec.healthy is None or spec.healthy())
 
 
 async def _publish(servicer: health.aio.HealthServicer, names: Sequence[str], spec: ServiceSpec,

@@ -65,8 +65,9 @@ class AccessApp:
                            reuse_port=self.settings.workers > 1, background=background,
                            startup=[self.service.startup_floor.run],
                            healthy=self.projector.healthy if self.projector is not None else None,
-                           dependencies=[health.redis(self.cache.client), health.nats(self.settings.bus, name="access"),
-                                         *([health.cql("view", lambda: self.view.session)]
+                           dependencies=[(redis := health.redis(self.cache.client)),
+                                         health.nats(self.settings.bus, name="access"),
+                                         *([health.cql("view", lambda: self.view.session, fallback=redis)]
                                            if self.settings.view_backend == "scylla" else [])])
 
     async def start(self) -> None:
