@@ -178,16 +178,25 @@ def run() -> None:
 
 
 @app.command("health")
-def health_cmd(only: str = typer.Option("", help="check just this service (permissions, access, audit)")) -> None:
-    """Check the services' gRPC health over mTLS (exit 1 unless SERVING); also the Kubernetes probe."""
+def health_cmd(
+    only: str = typer.Option("", help="check just this service (permissions, access, audit)"),
+    output: str = typer.Option("text", help="text, or json (one object per service, its dependencies included)"),
+    liveness: bool = typer.Option(False, "--liveness",
+                                  help="succeed if the service answers at all, SERVING or not (the liveness probe)"),
+) -> None:
+    """Check the services' gRPC health over mTLS, with each dependency a service reports (the Kubernetes probes).
+
+    Exit 0 when every service is SERVING, 1 when one is not (a required dependency is down),
+    5 when one does not answer. A service that is SERVING with a dependency down is degraded."""
     from latchkit import endpoints
     from latchkit.run import check_health
 
     names = [e.service for e in endpoints.ALL]
     if only and only not in names:
         raise typer.BadParameter(f"{only!r} is not a service; use one of {', '.join(names)}", param_hint="--only")
-    ok = check_health(console, only=only)
-    raise typer.Exit(0 if ok else 1)
+    if output not in ("text", "json"):
+        raise typer.BadParameter(f"{output!r} is not an output; use text or json", param_hint="--output")
+    raise typer.Exit(check_health(console, only=only, output=output, liveness=liveness))
 
 
 def _service_commands() -> None:

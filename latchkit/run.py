@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from latchkit import endpoints, process
+from latchkit import cli_errors, endpoints, health, process
 from latchkit import settings as lk_settings
 from latchkit.tls import channel_credentials
 
@@ -59,23 +61,66 @@ def _admin_tls() -> lk_settings.TlsSettings:
 
 def health_of(target: str, timeout: float = 2.0) -> str:
     with grpc.secure_channel(target, channel_credentials(_admin_tls())) as channel:
+        return _status(health_pb2_grpc.HealthStub(channel), "", timeout)
+
+
+def _status(stub, name: str, timeout: float) -> str:
+    """The serving status of `name`, or the gRPC code when the check itself failed."""
+    try:
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=timeout)
+    except grpc.RpcError as exc:
+        return exc.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+@dataclass
+class ServiceHealth:
+    service: str
+    target: str
+    status: str
+    """SERVING, NOT_SERVING, or the gRPC code of a check that got no answer (UNAVAILABLE, ...)."""
+    dependencies: dict[str, str] = field(default_factory=dict)
+    """The status of each dependency the service reports (latchkit/health.py)."""
+
+    @property
+    def reachable(self) -> bool:
+        return self.status in ("SERVING", "NOT_SERVING")
+
+    @property
+    def down(self) -> list[str]:
+        return [name for name, status in self.dependencies.items() if status != "SERVING"]
+
+
+def service_health(service: str, target: str, timeout: float = 2.0) -> ServiceHealth:
+    """The service's readiness and, if it answers, each of its dependencies (NOT_FOUND: not one of its)."""
+    with grpc.secure_channel(target, channel_credentials(_admin_tls())) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError as exc:
-            return exc.code().name
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        result = ServiceHealth(service, target, _status(stub, "", timeout))
+        if result.reachable:
+            for name in health.DEPENDENCIES:
+                status = _status(stub, health.DEPENDENCY_PREFIX + name, timeout)
+                if status != "NOT_FOUND":
+                    result.dependencies[name] = status
+        return result
 
 
-def check_health(console: Console, only: str = "") -> bool:
-    ok = True
-    for endpoint in endpoints.ALL:
-        if only and endpoint.service != only:
-            continue
-        status = health_of(endpoint.target)
-        ok &= status == "SERVING"
-        console.print(f"{endpoint.service:12} {endpoint.target:18} {status}")
-    return ok
+def check_health(console: Console, only: str = "", output: str = "text", liveness: bool = False) -> int:
+    """Print each service's health; returns the exit code (latchkit/cli_errors.py): 5 if one did not
+    answer, 1 if one is not SERVING (with `liveness`, answering at all is enough), else 0."""
+    results = [service_health(e.service, e.target) for e in endpoints.ALL if not only or e.service == only]
+    if output == "json":
+        print(json.dumps({"services": [{**asdict(r), "down": r.down} for r in results]}, indent=2))
+    for r in results if output == "text" else ():
+        line = f"{r.service:12} {r.target:18} {r.status}"
+        if r.down:
+            # Down and SERVING: the service still does its main job without it (degraded).
+            line += f"  {'degraded' if r.status == 'SERVING' else 'down'}: {', '.join(r.down)}"
+        console.print(line, highlight=False)
+    if not all(r.reachable for r in results):
+        return cli_errors.UNREACHABLE
+    if not liveness and any(r.status != "SERVING" for r in results):
+        return cli_errors.CHECK_FAILED
+    return cli_errors.OK
 
 
 def _wait_healthy(procs: dict[str, subprocess.Popen], deadline_s: float = 60.0) -> bool:

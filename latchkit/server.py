@@ -4,6 +4,10 @@ grpc.aio on uvloop, mTLS only, standard health and reflection (v1 and v1alpha) s
 interceptor for identity/authorization/metrics, and a graceful shutdown on
 SIGTERM/SIGINT: health turns NOT_SERVING, in-flight calls get the grace
 period, then the service's own resources close.
+
+Health tells the truth (latchkit/health.py): each declared dependency is probed in the
+background and reported as `latchkey.dependency.<name>`; `""` and the service's names say
+SERVING only while every required dependency answers and `healthy()` holds.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from latchkit import bus, reflection, tracing
+from latchkit.health import DependencyCheck
 from latchkit.interceptor import Policy, ServerInterceptor, allow_any_principal
 from latchkit.metrics import serve_metrics
 from latchkit.settings import ServerSettings
@@ -62,6 +67,9 @@ class ServiceSpec:
     healthy: Callable[[], bool] | None = None
     """Polled every HEALTH_POLL_SECONDS: while it returns False, health says NOT_SERVING (e.g. the
     access service's projector is stalled and its view falls behind)."""
+    dependencies: list[DependencyCheck] = field(default_factory=list)
+    """Probed in the background; each is reported by name, and a required one that is down
+    makes the service NOT_SERVING (latchkit/health.py)."""
 
 
 @dataclass
@@ -72,6 +80,7 @@ class RunningServer:
     service_names: tuple[str, ...]
     metrics_server: object | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
+    dependencies: list[DependencyCheck] = field(default_factory=list)
     stopping: bool = False
 
     def watch(self, task: asyncio.Task, *, one_shot: bool = False) -> asyncio.Task:
@@ -108,6 +117,8 @@ class RunningServer:
                     task.exception()  # retrieved: it ended as it was stopped, nothing to report
             for task in stuck:
                 log.warning("a background task did not stop within 5 s", extra={"task": task.get_name()})
+        for dependency in self.dependencies:
+            await dependency.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
 
@@ -129,36 +140,53 @@ async def start(settings: ServerSettings, spec: ServiceSpec) -> RunningServer:
     if port == 0:
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
     await server.start()
-    for name in ("", *names):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # The first round of probes (each bounded) decides the first answer: a service whose
+    # database is down at start-up never claims to be SERVING.
+    await asyncio.gather(*(dependency.check_once() for dependency in spec.dependencies))
+    published: dict[str, bool] = {}
+    await _publish(health_servicer, ("", *names), spec, published)
     metrics = serve_metrics(settings.host, settings.metrics_port, settings.tls)
-    running = RunningServer(server, port, health_servicer, names, metrics)
+    running = RunningServer(server, port, health_servicer, names, metrics, dependencies=list(spec.dependencies))
     for job in spec.background:
         running.watch(asyncio.create_task(job(), name=f"{spec.name}-bg-{getattr(job, '__name__', 'job')}"))
     for job in spec.startup:
         running.watch(asyncio.create_task(job(), name=f"{spec.name}-start-{getattr(job, '__name__', 'job')}"),
                       one_shot=True)
-    if spec.healthy is not None:
-        running.watch(asyncio.create_task(_follow_health(health_servicer, ("", *names), spec.healthy),
+    for dependency in spec.dependencies:
+        running.watch(asyncio.create_task(dependency.run(), name=f"{spec.name}-health-{dependency.name}"))
+    if spec.healthy is not None or spec.dependencies:
+        running.watch(asyncio.create_task(_follow_health(health_servicer, ("", *names), spec, published),
                                           name=f"{spec.name}-health"))
     log.info("serving", extra={"service": spec.name, "port": port, "services": list(names)})
     return running
 
 
-async def _follow_health(servicer: health.aio.HealthServicer, names: Sequence[str],
-                         healthy: Callable[[], bool]) -> None:
-    """Health follows `healthy()`. (After `enter_graceful_shutdown` the servicer ignores `set`,
-    so this cannot bring a stopping server back to SERVING.)"""
-    serving = True
+def _ready(spec: ServiceSpec) -> bool:
+    return not any(d.blocking for d in spec.dependencies) and (spec.healthy is None or spec.healthy())
+
+
+async def _publish(servicer: health.aio.HealthServicer, names: Sequence[str], spec: ServiceSpec,
+                   published: dict[str, bool]) -> None:
+    """Set every status that changed since the last call (`published` remembers them)."""
+    ready = _ready(spec)
+    wanted = {name: ready for name in names} | {d.service_name: d.up for d in spec.dependencies}
+    if published and published.get("") != ready:
+        log.warning("health changes", extra={"serving": ready,
+                                             "down": [d.name for d in spec.dependencies if not d.up]})
+    for name, up in wanted.items():
+        if published.get(name) != up:
+            published[name] = up
+            status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+            await servicer.set(name, status)
+
+
+async def _follow_health(servicer: health.aio.HealthServicer, names: Sequence[str], spec: ServiceSpec,
+                         published: dict[str, bool]) -> None:
+    """Health follows the dependency probes and `healthy()`. (After `enter_graceful_shutdown` the
+    servicer ignores `set`, so this cannot bring a stopping server back to SERVING.)"""
     while True:
-        now = healthy()
-        if now != serving:
-            serving = now
-            status = health_pb2.HealthCheckResponse.SERVING if now else health_pb2.HealthCheckResponse.NOT_SERVING
-            log.warning("health changes", extra={"serving": now})
-            for name in names:
-                await servicer.set(name, status)
         await asyncio.sleep(HEALTH_POLL_SECONDS)  # the polling period, not a synchronisation
+        await _publish(servicer, names, spec, published)
 
 
 async def serve_forever(settings: ServerSettings, spec: ServiceSpec) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from latchkey.access.v1 import access_pb2, access_pb2_grpc
 
-from latchkit import authz, secrets
+from latchkit import authz, health, secrets
 from latchkit.server import ServiceSpec
 from services.access.adapters.redis_cache import RedisUnlockCache
 from services.access.adapters.sqlite_redis_backlog import SqliteRedisBacklog
@@ -64,7 +64,11 @@ class AccessApp:
         return ServiceSpec(name="access", register=register, on_stop=self.stop, policy=authz.allowed,
                            reuse_port=self.settings.workers > 1, background=background,
                            startup=[self.service.startup_floor.run],
-                           healthy=self.projector.healthy if self.projector is not None else None)
+                           healthy=self.projector.healthy if self.projector is not None else None,
+                           dependencies=[(redis := health.redis(self.cache.client)),
+                                         health.nats(self.settings.bus, name="access"),
+                                         *([health.cql("view", lambda: self.view.session, fallback=redis)]
+                                           if self.settings.view_backend == "scylla" else [])])
 
     async def start(self) -> None:
         self.decisions.spool.open()  # fails at once if another process holds this spool

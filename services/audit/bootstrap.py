@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from latchkit import authz
+from latchkit import authz, health
 from latchkit.server import ServiceSpec
 from services.audit.grpc_api import AuditServicer, add_to_server
 from services.audit.ingest import Ingest
@@ -33,7 +33,10 @@ class AuditApp:
             return [add_to_server(AuditServicer(self.store, self.ingest), server)]
 
         return ServiceSpec(name="audit", register=register, on_stop=self.store.close, policy=authz.allowed,
-                           background=[self.ingest.run])
+                           background=[self.ingest.run],
+                           dependencies=[health.nats(self.settings.bus, name="audit"),
+                                         *([health.cql("audit_store", lambda: self.store.session)]
+                                           if self.settings.store_backend == "scylla" else [])])
 
 
 def build(settings: AuditSettings | None = None) -> AuditApp:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from latchkey.permissions.v1 import permissions_pb2, permissions_pb2_grpc
 
-from latchkit import authz, secrets
+from latchkit import authz, health, secrets
 from latchkit.server import ServiceSpec
 from services.permissions.adapters.postgres import Database
 from services.permissions.grpc_api import PermissionsServicer
@@ -27,7 +27,9 @@ class PermissionsApp:
             return [permissions_pb2.DESCRIPTOR.services_by_name["PermissionsService"].full_name]
 
         return ServiceSpec(name="permissions", register=register, on_stop=self.db.close,
-                           policy=authz.allowed, background=[self.relay.run], startup=[self.db.warm])
+                           policy=authz.allowed, background=[self.relay.run], startup=[self.db.warm],
+                           dependencies=[health.postgresql(self.settings.postgres_dsn, required=True),
+                                         health.nats(self.settings.bus, name="permissions")])
 
 
 def build(settings: PermissionsSettings | None = None) -> PermissionsApp:
