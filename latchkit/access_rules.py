@@ -121,14 +121,14 @@ def decide(access: PairAccess | None, at: dt.datetime, view_age: float | None = 
         return False, Reason.DOOR_LOCKDOWN
     rules = access.rules if len(access.rules) == 1 else sorted(access.rules, key=_by_grant)
     tz = zone(access.time_zone)
-    first = None
+    first: Reason | None = None
     for rule in rules:
         reason = rule.reason_at(at, tz)
         if reason is Reason.GRANTED:
             return True, reason
         if first is None:
             first = reason
-    return False, first
+    return False, first if first is not None else Reason.NO_GRANT
 
 
 def evaluate(access: PairAccess | None, at: dt.datetime) -> Verdict:

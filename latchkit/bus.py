@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -52,7 +53,7 @@ class BusSettings:
 
 
 def stream_configs(settings: BusSettings) -> list[StreamConfig]:
-    common = dict(
+    common: dict[str, Any] = dict(
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
@@ -282,7 +283,7 @@ def _metadata(msg):
     """JetStream metadata of a message, or None for a core NATS message."""
     try:
         return msg.metadata
-    except Exception:  # noqa: BLE001 - nats-py raises its own error for a reply subject it cannot parse
+    except Exception:  # nats-py raises its own error for a reply subject it cannot parse
         return None
 
 

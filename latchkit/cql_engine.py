@@ -108,7 +108,7 @@ class CqlEngine:
                 continue
             try:
                 version = self.query_release_version()
-            except Exception as exc:  # noqa: BLE001 - not up yet: connection refused, no host available
+            except Exception as exc:  # not up yet: connection refused, no host available
                 last = exc
                 time.sleep(0.5)
                 continue

@@ -75,7 +75,7 @@ def _field_for(payload) -> str:
 @functools.cache
 def _field_named(name: str) -> str:
     for field in events_pb2.Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields:
-        if field.message_type.name == name:
+        if field.message_type is not None and field.message_type.name == name:
             return field.name
     raise ValueError(f"{name} is not an envelope payload")
 

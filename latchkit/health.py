@@ -70,7 +70,7 @@ class DependencyCheck:
             await asyncio.wait_for(self.probe(), PROBE_TIMEOUT_SECONDS)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure means "does not answer"
+        except Exception as exc:  # any failure means "does not answer"
             if self.up:
                 log.warning("dependency down", extra={"dependency": self.name, "required": self.required,
                                                       "error": repr(exc)})

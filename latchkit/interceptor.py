@@ -2,7 +2,7 @@
 
 grpc.aio does not expose the peer certificate to an interceptor, so the
 interceptor wraps the method handler and reads `context.auth_context()` inside
-the wrapped behaviour (see CONVENTIONS.md, "Traps").
+the wrapped behaviour.
 
 Tracing (`latchkit.tracing`): with it on, every call except health and
 reflection gets a server span, child of the caller's W3C `traceparent` if
@@ -15,6 +15,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -47,7 +48,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, policy: Policy = allow_any_principal) -> None:
         self._policy = policy
         # Labelled children by (method, code): `labels()` takes a lock on every call, a dict does not.
-        self._started: dict[str, object] = {}
+        self._started: dict[str, Any] = {}
         self._ended: dict[tuple[str, str], tuple] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -70,9 +71,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def check(context) -> bool:
             started_count.inc()
             principal = principal_from_context(context)
-            if principal is None and not open_method:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no latchkey identity in the client certificate")
-            if not open_method and not policy(principal, method):
+            if principal is None:
+                if not open_method:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                        "no latchkey identity in the client certificate")
+            elif not open_method and not policy(principal, method):
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED, f"{principal.uri} may not call {method}"
                 )
@@ -108,10 +111,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 tracing.end_server_span(span[0], span[1], code if isinstance(code, grpc.StatusCode)
                                         else grpc.StatusCode.UNKNOWN)
 
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def unary_unary(request, context):
+        def awaiting(inner):
+            """A handler that returns (or writes its stream with `context.write`), wrapped."""
+            async def call(request, context):
                 started = time.perf_counter()
                 failed = True
                 span = begin(context) if tracing.ENABLED else None
@@ -122,79 +124,34 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     return response
                 finally:
                     record(context, started, failed, span)
+            return call
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-            # gRPC forbids mixing `context.write` with yielding, so keep the
-            # handler's own style: async generator, or coroutine that writes.
-            if inspect.isasyncgenfunction(inner_stream):
-
-                async def unary_stream(request, context):
-                    started = time.perf_counter()
-                    failed = True
-                    span = begin(context) if tracing.ENABLED else None
-                    try:
-                        await check(context)
-                        async for item in inner_stream(request, context):
-                            yield item
-                        failed = False
-                    finally:
-                        record(context, started, failed, span)
-
-            else:
-
-                async def unary_stream(request, context):
-                    started = time.perf_counter()
-                    failed = True
-                    span = begin(context) if tracing.ENABLED else None
-                    try:
-                        await check(context)
-                        await inner_stream(request, context)
-                        failed = False
-                    finally:
-                        record(context, started, failed, span)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_unary is not None:
-            inner_client_stream = handler.stream_unary
-
-            async def stream_unary(request_iterator, context):
+        def yielding(inner):
+            """A handler that is an async generator, wrapped. gRPC forbids mixing `context.write`
+            with yielding, so each handler keeps its own style."""
+            async def call(request, context):
                 started = time.perf_counter()
                 failed = True
                 span = begin(context) if tracing.ENABLED else None
                 try:
                     await check(context)
-                    response = await inner_client_stream(request_iterator, context)
-                    failed = False
-                    return response
-                finally:
-                    record(context, started, failed, span)
-
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_stream is not None:
-            inner_bidi = handler.stream_stream
-
-            async def stream_stream(request_iterator, context):
-                started = time.perf_counter()
-                failed = True
-                span = begin(context) if tracing.ENABLED else None
-                try:
-                    await check(context)
-                    async for item in inner_bidi(request_iterator, context):
+                    async for item in inner(request, context):
                         yield item
                     failed = False
                 finally:
                     record(context, started, failed, span)
+            return call
 
-            return grpc.stream_stream_rpc_method_handler(
-                stream_stream, handler.request_deserializer, handler.response_serializer
-            )
+        def wrap(inner):
+            return yielding(inner) if inspect.isasyncgenfunction(inner) else awaiting(inner)
+
+        serializers = (handler.request_deserializer, handler.response_serializer)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), *serializers)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), *serializers)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), *serializers)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), *serializers)
         return handler
-

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -56,12 +57,12 @@ class ServiceSpec:
     name: str
     register: Callable[[grpc.aio.Server], Sequence[str]]
     """Adds servicers to the server; returns their full service names."""
-    on_stop: Callable[[], Awaitable[None]] | None = None
+    on_stop: Callable[[], Coroutine[Any, Any, None]] | None = None
     policy: Policy = allow_any_principal
     reuse_port: bool = False
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     """Jobs that run as long as the server; one that ends before the shutdown is logged as an error."""
-    startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    startup: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     """One-shot jobs started with the server (a pool warm-up, the access start-up floor): their
     normal end is expected; a failure or a leaked cancel is logged as an error."""
     healthy: Callable[[], bool] | None = None
@@ -78,7 +79,7 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     service_names: tuple[str, ...]
-    metrics_server: object | None = None
+    metrics_server: Any = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     dependencies: list[DependencyCheck] = field(default_factory=list)
     stopping: bool = False
@@ -214,7 +215,7 @@ async def serve_forever(settings: ServerSettings, spec: ServiceSpec) -> None:
             tracing.shutdown()
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a coroutine on uvloop."""
     import uvloop
 

@@ -132,7 +132,7 @@ def test_events_and_unlock_agree_with_explain(system, pki, urls):
                     group_id=group.group_id, user_id=users[op[1]].user_id)
                 try:
                     reply = call(request)
-                except Exception:  # noqa: BLE001 - removing a non-member: NOT_FOUND, nothing changes
+                except Exception:  # removing a non-member: NOT_FOUND, nothing changes
                     continue
             elif kind == "suspend":
                 call = admin.SuspendUser if op[2] else admin.ReactivateUser

@@ -82,7 +82,7 @@ async def test_concurrent_writers_keep_revisions_contiguous_and_events_consisten
             group_id=g.group_id, user_id=u.user_id)
         try:
             return [(await call(request)).revision]
-        except Exception:  # noqa: BLE001 - removing a non-member is NOT_FOUND: fine here
+        except Exception:  # removing a non-member is NOT_FOUND: fine here
             return []
 
     results = await asyncio.gather(*[direct() for _ in range(15)],
@@ -119,7 +119,7 @@ async def test_deleting_a_user_while_granting_leaves_no_orphan(quiet):
     async def grant():
         try:
             await admin.GrantAccess(pm.GrantAccessRequest(grant=pm.Grant(user_id=u.user_id, door_id=d.door_id)))
-        except Exception:  # noqa: BLE001 - NOT_FOUND once the user is gone
+        except Exception:  # NOT_FOUND once the user is gone
             pass
 
     await asyncio.gather(*[grant() for _ in range(10)], admin.DeleteUser(pm.DeleteUserRequest(user_id=u.user_id)),
