@@ -35,7 +35,7 @@ async def rebuild(db: Database, view: UnlockView, cache: RedisUnlockCache | None
         done = 0
         for start in range(0, len(ordered), CHUNK):
             chunk = set(ordered[start:start + CHUNK])
-            access = await effective.pair_access(uow, chunk)
+            access = await effective.pair_access(uow.store, chunk)
             rows = [PairRow(d, u, revision, to_event(d, u, a).SerializeToString() if a.rules else b"")
                     for (d, u), a in access.items()]
             await _write(view, cache, ViewBatch(pairs=rows))
