@@ -113,8 +113,12 @@ def respond(outcome: Written[T] | Replayed, build: Callable[[T, int], R], respon
     return build(outcome.value, outcome.revision)
 
 
-def idempotent(method: str, request, build: Callable[[T, int], Message]) -> Idempotent:
-    return Idempotent(caller=actor(), request_id=validation.request_id(request.request_id), method=method,
+def idempotent(method: str, request, build: Callable[[T, int], Message]) -> Idempotent | None:
+    """A create's request_id, if it has one: a retry then gets the first answer back."""
+    request_id = validation.request_id(request.request_id)
+    if not request_id:
+        return None
+    return Idempotent(caller=actor(), request_id=request_id, method=method,
                       request=request.SerializeToString(deterministic=True),
                       encode=lambda value, revision: build(value, revision).SerializeToString())
 
