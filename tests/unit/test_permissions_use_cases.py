@@ -236,3 +236,27 @@ async def test_lists_page_in_id_order_with_tokens_of_their_own_kind(use_cases):
     assert last.next_page_token == ""
     with pytest.raises(InvalidArgument):
         await directory.list_doors(2, first.next_page_token, "")
+
+
+async def test_explain_reads_suspension_lockdown_and_schedules_like_unlock(use_cases):
+    directory, entitlements = use_cases
+    user = (await directory.create_user("Ada", "", "")).value
+    door = (await directory.create_door("Lab", "", "UTC", False, 0)).value
+    # Mondays 09:00-10:00 only; T0 is a Monday at 10:00 UTC, just outside.
+    schedule = (await directory.create_schedule("Early", [Window(1, 540, 600)])).value
+    await entitlements.grant(user.user_id, "", door.door_id, None, None, schedule.schedule_id)
+    verdict, _ = await entitlements.explain(user.user_id, door.door_id, T0)
+    assert verdict.reason == Reason.OUTSIDE_SCHEDULE
+    verdict, _ = await entitlements.explain(user.user_id, door.door_id, T0 - dt.timedelta(minutes=30))
+    assert verdict.granted
+    # Widening the schedule republishes the pair in the same revision.
+    widened = await directory.update_schedule(schedule.schedule_id, None, [Window(1, 540, 1020)])
+    assert {type(e).__name__ for e in events_of(directory.uow, widened.revision)} == {"ScheduleChanged",
+                                                                                      "AccessChanged"}
+    await directory.set_lockdown(door.door_id, True)
+    verdict, _ = await entitlements.explain(user.user_id, door.door_id, T0)
+    assert verdict.reason == Reason.DOOR_LOCKDOWN
+    await directory.set_lockdown(door.door_id, False)
+    await directory.set_suspended(user.user_id, True)
+    verdict, revision = await entitlements.explain(user.user_id, door.door_id, T0)
+    assert verdict.reason == Reason.USER_SUSPENDED and revision == 8
