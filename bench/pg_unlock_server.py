@@ -36,7 +36,7 @@ class PgUnlock(access_pb2_grpc.AccessServiceServicer):
                     reason = Reason.UNKNOWN_CREDENTIAL if row is None else Reason.CREDENTIAL_REVOKED
                     return access_pb2.UnlockResponse(decision=ev.DECISION_DENIED, reason=int(reason))
                 user_id = row["u"]
-            access = await effective.pair_access(uow, {(request.door_id, user_id)})
+            access = await effective.pair_access(uow.store, {(request.door_id, user_id)})
         verdict = evaluate(access[(request.door_id, user_id)], now)
         return access_pb2.UnlockResponse(decision=ev.DECISION_GRANTED if verdict.granted else ev.DECISION_DENIED,
                                          reason=int(verdict.reason), user_id=user_id)

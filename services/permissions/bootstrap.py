@@ -8,10 +8,13 @@ from latchkey.permissions.v1 import permissions_pb2, permissions_pb2_grpc
 
 from latchkit import authz, health, secrets
 from latchkit.server import ServiceSpec
+from services.permissions.adapters.outbox_relay import OutboxRelay
 from services.permissions.adapters.postgres import Database
+from services.permissions.directory import Directory
+from services.permissions.entitlements import Entitlements
 from services.permissions.grpc_api import PermissionsServicer
-from services.permissions.relay import OutboxRelay
 from services.permissions.settings import PermissionsSettings
+from services.permissions.snapshot import AccessSnapshot
 
 
 @dataclass
@@ -38,4 +41,6 @@ def build(settings: PermissionsSettings | None = None) -> PermissionsApp:
     db = Database(settings.postgres_dsn, settings.pool_size)
     relay = OutboxRelay(settings.postgres_dsn, settings.bus, batch=settings.relay_batch,
                         poll_seconds=settings.relay_poll_seconds)
-    return PermissionsApp(settings, db, relay, PermissionsServicer(db, secrets.load_hmac_key()))
+    hmac_key = secrets.load_hmac_key()
+    servicer = PermissionsServicer(Directory(db, hmac_key), Entitlements(db, hmac_key), AccessSnapshot(db))
+    return PermissionsApp(settings, db, relay, servicer)

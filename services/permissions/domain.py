@@ -1,104 +1,138 @@
-"""Input rules for the permissions API: pure functions that raise InvalidArgument naming the field."""
+"""The permissions records as the use cases see them: typed rows, pages, access facts.
+
+No I/O and no protobuf: a repository returns these, the use cases pass them
+on, the entrypoint maps them to messages.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
+import datetime as dt
 import uuid
-import zoneinfo
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from latchkit.access_rules import Window
 from latchkit.errors import InvalidArgument
 
-MAX_PAGE_SIZE = 500
-DEFAULT_PAGE_SIZE = 50
-MAX_REQUEST_ID = 64
+T = TypeVar("T")
+Pair = tuple[str, str]
+"""(door_id, user_id): the unit effective access is computed and published in."""
 
 
-def uuid_str(value: str, field: str, *, required: bool = True) -> str:
-    if not value:
-        if required:
-            raise InvalidArgument(field, "is required")
-        return ""
-    try:
-        return str(uuid.UUID(value)) if len(value) == 36 else _bad_uuid(field)
-    except ValueError:
-        return _bad_uuid(field)
+@dataclass(frozen=True, slots=True)
+class User:
+    user_id: str
+    display_name: str
+    email: str
+    external_id: str
+    suspended: bool
+    create_time: dt.datetime
+    update_time: dt.datetime
 
 
-def _bad_uuid(field: str) -> str:
-    raise InvalidArgument(field, "must be a UUID (8-4-4-4-12 hex digits)")
+@dataclass(frozen=True, slots=True)
+class Door:
+    door_id: str
+    name: str
+    site: str
+    time_zone: str
+    lockdown: bool
+    max_view_staleness_ms: int
+    """0: off (the door answers from the last state); otherwise a fail-closed door's bound."""
+    create_time: dt.datetime
+    update_time: dt.datetime
 
 
-def text(value: str, field: str, *, max_len: int, required: bool) -> str:
-    if required and not value.strip():
-        raise InvalidArgument(field, "is required")
-    if len(value) > max_len:
-        raise InvalidArgument(field, f"must be at most {max_len} characters")
-    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise InvalidArgument(field, "must not contain control characters")
-    return value
+@dataclass(frozen=True, slots=True)
+class Group:
+    group_id: str
+    name: str
+    create_time: dt.datetime
+    update_time: dt.datetime
 
 
-def request_id(value: str, field: str = "request_id") -> str:
-    return text(value, field, max_len=MAX_REQUEST_ID, required=False)
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    schedule_id: str
+    name: str
+    create_time: dt.datetime
+    update_time: dt.datetime
+    windows: tuple[Window, ...] = ()
+    """Ordered by day, then start minute."""
 
 
-@functools.lru_cache(maxsize=1)
-def _zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+@dataclass(frozen=True, slots=True)
+class Credential:
+    credential_id: str
+    user_id: str
+    kind: int
+    label: str
+    revoked: bool
+    create_time: dt.datetime
+    revoke_time: dt.datetime | None
+    secret_hash: bytes = field(default=b"", repr=False)
+    """HMAC of the secret: carried in events, never returned by the API."""
 
 
-def time_zone(value: str, field: str) -> str:
-    if not value:
-        raise InvalidArgument(field, "is required (an IANA time zone such as Europe/Madrid)")
-    if value not in _zones():
-        raise InvalidArgument(field, f"{value[:64]!r} is not an IANA time zone")
-    return value
+@dataclass(frozen=True, slots=True)
+class Grant:
+    grant_id: str
+    user_id: str
+    """Exactly one of user_id and group_id is set; the other is ''."""
+    group_id: str
+    door_id: str
+    valid_from: dt.datetime | None
+    valid_until: dt.datetime | None
+    schedule_id: str
+    revoked: bool
+    create_time: dt.datetime
+    revoke_time: dt.datetime | None
 
 
-MAX_VIEW_STALENESS_MS = (1_000, 3_600_000)
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str
 
 
-def max_view_staleness_ms(value, field: str) -> int:
-    """A fail-closed door's bound, in milliseconds: 0 (off) or 1 s..1 h in whole milliseconds."""
-    seconds, nanos = value.seconds, value.nanos
-    if not seconds and not nanos:
-        return 0
-    low, high = MAX_VIEW_STALENESS_MS
-    if seconds < 0 or nanos < 0 or nanos % 1_000_000 or not low <= seconds * 1000 + nanos // 1_000_000 <= high:
-        raise InvalidArgument(field, "must be unset (off) or 1 s..1 h in whole milliseconds")
-    return seconds * 1000 + nanos // 1_000_000
+@dataclass(frozen=True, slots=True)
+class RuleFact:
+    """One active grant as it applies to one pair (through a group when `via_group_id` is set)."""
+
+    grant_id: str
+    door_id: str
+    user_id: str
+    via_group_id: str
+    valid_from: dt.datetime | None
+    valid_until: dt.datetime | None
+    schedule_id: str
 
 
-def windows(items, field: str) -> list[Window]:
-    """At least one window; each within one day; windows of one day must not overlap."""
-    if not items:
-        raise InvalidArgument(field, "at least one window is required")
-    if len(items) > 7 * 48:
-        raise InvalidArgument(field, "too many windows")
-    result = []
-    for i, w in enumerate(items):
-        f = f"{field}[{i}]"
-        if not 1 <= w.day_of_week <= 7:
-            raise InvalidArgument(f"{f}.day_of_week", "must be MONDAY..SUNDAY")
-        if not 0 <= w.start_minute <= 1439:
-            raise InvalidArgument(f"{f}.start_minute", "must be within 0..1439")
-        if not w.start_minute < w.end_minute <= 1440:
-            raise InvalidArgument(f"{f}.end_minute", "must be after start_minute and at most 1440")
-        result.append(Window(w.day_of_week, w.start_minute, w.end_minute))
-    result.sort(key=lambda w: (w.day, w.start_minute))
-    for a, b in zip(result, result[1:], strict=False):
-        if a.day == b.day and b.start_minute < a.end_minute:
-            raise InvalidArgument(field, f"windows overlap on day {a.day}")
-    return result
+@dataclass(frozen=True, slots=True)
+class DoorState:
+    lockdown: bool
+    time_zone: str
+    max_view_staleness_ms: int
 
 
-def page_size(value: int) -> int:
-    if value < 0:
-        raise InvalidArgument("page_size", "must not be negative")
-    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+@dataclass(slots=True)
+class AccessFacts:
+    """What decides a set of pairs, as one transaction sees it (assembled by `effective`)."""
+
+    rules: list[RuleFact] = field(default_factory=list)
+    suspended: dict[str, bool] = field(default_factory=dict)
+    doors: dict[str, DoorState] = field(default_factory=dict)
+    windows: dict[str, list[Window]] = field(default_factory=dict)
+
+
+class MissingReference(Exception):
+    """A new row names a row that does not exist; `field` is the reference (user_id, door_id, ...)."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
 
 
 def encode_page_token(kind: str, last_key: str) -> str:
@@ -118,22 +152,3 @@ def decode_page_token(token: str, kind: str) -> str:
         return last
     except (ValueError, UnicodeError, binascii.Error):
         raise InvalidArgument("page_token", "is not a page token from this list") from None
-
-
-def credential_secret(kind: int, secret: str) -> str:
-    """Card 4..64 characters; PIN 4..12 digits; mobile key 16..256 characters."""
-    if kind == 1:
-        ok = 4 <= len(secret) <= 64 and secret.isprintable()
-        rule = "a card number must be 4..64 printable characters"
-    elif kind == 2:
-        ok = 4 <= len(secret) <= 12 and secret.isascii() and secret.isdigit()
-        rule = "a PIN must be 4..12 digits"
-    elif kind == 3:
-        ok = 16 <= len(secret) <= 256 and secret.isprintable()
-        rule = "a mobile key must be 16..256 printable characters"
-    else:
-        raise InvalidArgument("kind", "must be CARD, PIN or MOBILE")
-    if not ok:
-        # Never echo the secret.
-        raise InvalidArgument("secret", rule)
-    return secret

@@ -1,22 +1,35 @@
-"""PermissionsService servicer: protobuf in, use case, protobuf out; errors become statuses."""
+"""PermissionsService servicer: protobuf in, a use case, protobuf out; errors become statuses.
+
+Each handler validates its request into plain values (`validation`), calls one
+use case, and maps the typed rows it returns to messages. No SQL, no
+transactions here: the use cases own their units of work.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import hmac
+from collections.abc import Callable
+from typing import TypeVar
 
+import grpc
+from google.protobuf.message import Message
 from latchkey.events.v1 import events_pb2 as ev
 from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 
-from latchkit.errors import AlreadyExists, InvalidArgument, handles_errors
+from latchkit.errors import InvalidArgument, handles_errors
 from latchkit.identity import actor
-from services.permissions import domain as v
-from services.permissions import snapshot
-from services.permissions.adapters.postgres import Database
-from services.permissions.service import Access, Directory, get, page
+from services.permissions import validation
+from services.permissions.directory import Directory
+from services.permissions.domain import Credential, Door, Grant, Group, Schedule, User
+from services.permissions.entitlements import Entitlements
+from services.permissions.service import Idempotent, Replayed, Written
+from services.permissions.snapshot import AccessSnapshot
 
 MIN_TS, MAX_TS = -62135596800, 253402300799
+Context = grpc.aio.ServicerContext
+R = TypeVar("R", bound=Message)
+T = TypeVar("T")
 
 
 def ts(value: dt.datetime | None, target) -> None:
@@ -24,48 +37,55 @@ def ts(value: dt.datetime | None, target) -> None:
         target.FromDatetime(value)
 
 
-def user_pb(r: dict) -> pm.User:
-    m = pm.User(user_id=r["user_id"], display_name=r["display_name"], email=r["email"],
-                external_id=r["external_id"],
-                state=ev.USER_STATE_SUSPENDED if r["suspended"] else ev.USER_STATE_ACTIVE)
-    ts(r["create_time"], m.create_time)
-    ts(r["update_time"], m.update_time)
+def user_pb(r: User) -> pm.User:
+    m = pm.User(user_id=r.user_id, display_name=r.display_name, email=r.email, external_id=r.external_id,
+                state=ev.USER_STATE_SUSPENDED if r.suspended else ev.USER_STATE_ACTIVE)
+    ts(r.create_time, m.create_time)
+    ts(r.update_time, m.update_time)
     return m
 
 
-def door_pb(r: dict) -> pm.Door:
-    m = pm.Door(door_id=r["door_id"], name=r["name"], site=r["site"], time_zone=r["time_zone"],
-                lockdown=r["lockdown"])
-    if r["max_view_staleness_ms"]:
-        m.max_view_staleness.FromMilliseconds(r["max_view_staleness_ms"])
-    ts(r["create_time"], m.create_time)
-    ts(r["update_time"], m.update_time)
+def door_pb(r: Door) -> pm.Door:
+    m = pm.Door(door_id=r.door_id, name=r.name, site=r.site, time_zone=r.time_zone, lockdown=r.lockdown)
+    if r.max_view_staleness_ms:
+        m.max_view_staleness.FromMilliseconds(r.max_view_staleness_ms)
+    ts(r.create_time, m.create_time)
+    ts(r.update_time, m.update_time)
     return m
 
 
-def group_pb(r: dict) -> pm.Group:
-    m = pm.Group(group_id=r["group_id"], name=r["name"])
-    ts(r["create_time"], m.create_time)
-    ts(r["update_time"], m.update_time)
+def group_pb(r: Group) -> pm.Group:
+    m = pm.Group(group_id=r.group_id, name=r.name)
+    ts(r.create_time, m.create_time)
+    ts(r.update_time, m.update_time)
     return m
 
 
-def credential_pb(r: dict) -> pm.Credential:
-    m = pm.Credential(credential_id=r["credential_id"], user_id=r["user_id"], kind=r["kind"], label=r["label"],
-                      state=ev.CREDENTIAL_STATE_REVOKED if r["revoked"] else ev.CREDENTIAL_STATE_ACTIVE)
-    ts(r["create_time"], m.create_time)
-    ts(r["revoke_time"], m.revoke_time)
+def schedule_pb(r: Schedule) -> pm.Schedule:
+    m = pm.Schedule(schedule_id=r.schedule_id, name=r.name, windows=[
+        ev.ScheduleWindow(day_of_week=w.day, start_minute=w.start_minute, end_minute=w.end_minute)
+        for w in r.windows])
+    ts(r.create_time, m.create_time)
+    ts(r.update_time, m.update_time)
     return m
 
 
-def grant_pb(r: dict) -> pm.Grant:
-    m = pm.Grant(grant_id=r["grant_id"], door_id=r["door_id"], schedule_id=r["schedule_id"], revoked=r["revoked"])
-    if r["user_id"]:
-        m.user_id = r["user_id"]
+def credential_pb(r: Credential) -> pm.Credential:
+    m = pm.Credential(credential_id=r.credential_id, user_id=r.user_id, kind=r.kind, label=r.label,
+                      state=ev.CREDENTIAL_STATE_REVOKED if r.revoked else ev.CREDENTIAL_STATE_ACTIVE)
+    ts(r.create_time, m.create_time)
+    ts(r.revoke_time, m.revoke_time)
+    return m
+
+
+def grant_pb(r: Grant) -> pm.Grant:
+    m = pm.Grant(grant_id=r.grant_id, door_id=r.door_id, schedule_id=r.schedule_id, revoked=r.revoked)
+    if r.user_id:
+        m.user_id = r.user_id
     else:
-        m.group_id = r["group_id"]
+        m.group_id = r.group_id
     for key in ("valid_from", "valid_until", "create_time", "revoke_time"):
-        ts(r[key], getattr(m, key))
+        ts(getattr(r, key), getattr(m, key))
     return m
 
 
@@ -87,384 +107,317 @@ def mask_paths(request, allowed: tuple[str, ...]) -> tuple[str, ...]:
     return paths
 
 
+def respond(outcome: Written[T] | Replayed, build: Callable[[T, int], R], response_type: type[R]) -> R:
+    """The response of a write: built from the use case's result, or a retry's stored answer."""
+    if isinstance(outcome, Replayed):
+        return response_type.FromString(outcome.response)
+    return build(outcome.value, outcome.revision)
+
+
+def idempotent(method: str, request, build: Callable[[T, int], Message]) -> Idempotent | None:
+    """A create's request_id, if it has one: a retry then gets the first answer back."""
+    request_id = validation.request_id(request.request_id)
+    if not request_id:
+        return None
+    return Idempotent(caller=actor(), request_id=request_id, method=method,
+                      request=request.SerializeToString(deterministic=True),
+                      encode=lambda value, revision: build(value, revision).SerializeToString())
+
+
 class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
-    def __init__(self, db: Database, hmac_key: bytes) -> None:
-        self.db = db
-        self.hmac_key = hmac_key
-        self.directory = Directory(db)
-        self.access = Access(db, hmac_key)
-
-    async def _write(self, method: str, response, work, request=None):
-        """Run `work(uow, response)` in one write transaction; replay a create by request_id.
-
-        A retry (same caller, request_id and request) gets the first answer; a
-        request_id reused for a different request is refused (AIP-155), never
-        answered with another request's result.
-        """
-        caller, replay = actor(), None
-        request_id = v.request_id(request.request_id) if request is not None else ""
-        digest = self._request_digest(method, request) if request_id else b""
-        async with self.db.write() as uow:
-            if request_id:
-                replay = await uow.row("SELECT method, response, request_hash FROM idempotency "
-                                       "WHERE caller = :c AND request_id = :r", c=caller, r=request_id)
-            if replay is not None:
-                uow.cancel()
-            else:
-                await work(uow, response)
-                if request_id:
-                    response.revision = uow.revision
-                    await uow.execute("INSERT INTO idempotency (caller, request_id, method, response, request_hash) "
-                                      "VALUES (:c, :r, :m, :b, :h)", c=caller, r=request_id, m=method,
-                                      b=response.SerializeToString(), h=digest)
-        if replay is not None:
-            if replay["method"] != method:
-                raise AlreadyExists(f"request_id was already used for {replay['method']}")
-            # Rows from before request_hash existed carry none: replayed as they always were.
-            if replay["request_hash"] is not None and bytes(replay["request_hash"]) != digest:
-                raise InvalidArgument("request_id", "was already used for a different request; a retry must "
-                                                    "repeat the request unchanged, a new request needs a new "
-                                                    "request_id")
-            return type(response).FromString(replay["response"])
-        response.revision = uow.revision
-        return response
-
-    def _request_digest(self, method: str, request) -> bytes:
-        """HMAC-SHA256 of the whole request, deterministically serialized.
-
-        Keyed, because some requests carry a secret (a credential's PIN has few
-        enough values to brute-force an unkeyed hash); the method and a label in
-        front keep it apart from the credential hashes made with the same key.
-        """
-        body = request.SerializeToString(deterministic=True)
-        return hmac.digest(self.hmac_key, b"latchkey/idempotency/v1\0" + method.encode() + b"\0" + body,
-                           "sha256")
-
-    async def _read(self, fn):
-        async with self.db.read() as uow:
-            return await fn(uow)
+    def __init__(self, directory: Directory, entitlements: Entitlements, snapshot: AccessSnapshot) -> None:
+        self.directory = directory
+        self.entitlements = entitlements
+        self.snapshot = snapshot
 
     # ---- users -----------------------------------------------------------------
     @handles_errors
-    async def CreateUser(self, request, context):
+    async def CreateUser(self, request: pm.CreateUserRequest, context: Context) -> pm.CreateUserResponse:
         u = request.user
-        name = v.text(u.display_name, "user.display_name", max_len=200, required=True)
-        email = v.text(u.email, "user.email", max_len=320, required=False)
-        ext = v.text(u.external_id, "user.external_id", max_len=200, required=False)
+        name = validation.text(u.display_name, "user.display_name", max_len=200, required=True)
+        email = validation.text(u.email, "user.email", max_len=320, required=False)
+        ext = validation.text(u.external_id, "user.external_id", max_len=200, required=False)
 
-        async def work(uow, resp):
-            resp.user.CopyFrom(user_pb(await self.directory.create_user(uow, name, email, ext)))
-        return await self._write("CreateUser", pm.CreateUserResponse(), work, request)
-
-    @handles_errors
-    async def GetUser(self, request, context):
-        user_id = v.uuid_str(request.user_id, "user_id")
-        return pm.GetUserResponse(user=user_pb(await self._read(lambda uow: get(uow, "users", user_id))))
+        def build(row: User, revision: int) -> pm.CreateUserResponse:
+            return pm.CreateUserResponse(user=user_pb(row), revision=revision)
+        outcome = await self.directory.create_user(name, email, ext, idempotent("CreateUser", request, build))
+        return respond(outcome, build, pm.CreateUserResponse)
 
     @handles_errors
-    async def ListUsers(self, request, context):
-        size = v.page_size(request.page_size)
-        if request.state not in (0, ev.USER_STATE_ACTIVE, ev.USER_STATE_SUSPENDED):
+    async def GetUser(self, request: pm.GetUserRequest, context: Context) -> pm.GetUserResponse:
+        user_id = validation.uuid_str(request.user_id, "user_id")
+        return pm.GetUserResponse(user=user_pb(await self.directory.get_user(user_id)))
+
+    @handles_errors
+    async def ListUsers(self, request: pm.ListUsersRequest, context: Context) -> pm.ListUsersResponse:
+        size = validation.page_size(request.page_size)
+        if request.state not in (ev.USER_STATE_UNSPECIFIED, ev.USER_STATE_ACTIVE, ev.USER_STATE_SUSPENDED):
             raise InvalidArgument("state", "unknown user state")
-        where = "true" if not request.state else f"suspended = {request.state == ev.USER_STATE_SUSPENDED}"
-        rows, token = await self._read(lambda uow: page(uow, "users", size, request.page_token, where))
-        return pm.ListUsersResponse(users=[user_pb(r) for r in rows], next_page_token=token)
+        suspended = None if not request.state else request.state == ev.USER_STATE_SUSPENDED
+        page = await self.directory.list_users(size, request.page_token, suspended)
+        return pm.ListUsersResponse(users=[user_pb(r) for r in page.items], next_page_token=page.next_page_token)
 
     @handles_errors
-    async def UpdateUser(self, request, context):
-        user_id = v.uuid_str(request.user.user_id, "user.user_id")
+    async def UpdateUser(self, request: pm.UpdateUserRequest, context: Context) -> pm.UpdateUserResponse:
+        user_id = validation.uuid_str(request.user.user_id, "user.user_id")
         changes = {}
         for path in mask_paths(request, ("display_name", "email", "external_id")):
             limit, required = {"display_name": (200, True), "email": (320, False), "external_id": (200, False)}[path]
-            changes[path] = v.text(getattr(request.user, path), f"user.{path}", max_len=limit, required=required)
-
-        async def work(uow, resp):
-            resp.user.CopyFrom(user_pb(await self.directory.update_user(uow, user_id, changes)))
-        return await self._write("UpdateUser", pm.UpdateUserResponse(), work)
-
-    @handles_errors
-    async def DeleteUser(self, request, context):
-        user_id = v.uuid_str(request.user_id, "user_id")
-        return await self._write("DeleteUser", pm.DeleteUserResponse(),
-                                 lambda uow, resp: self.directory.delete_user(uow, user_id))
-
-    async def _suspend(self, request, suspended: bool, response):
-        user_id = v.uuid_str(request.user_id, "user_id")
-
-        async def work(uow, resp):
-            resp.user.CopyFrom(user_pb(await self.directory.set_suspended(uow, user_id, suspended)))
-        return await self._write("SuspendUser" if suspended else "ReactivateUser", response, work)
+            changes[path] = validation.text(getattr(request.user, path), f"user.{path}", max_len=limit,
+                                            required=required)
+        written = await self.directory.update_user(user_id, changes)
+        return pm.UpdateUserResponse(user=user_pb(written.value), revision=written.revision)
 
     @handles_errors
-    async def SuspendUser(self, request, context):
-        return await self._suspend(request, True, pm.SuspendUserResponse())
+    async def DeleteUser(self, request: pm.DeleteUserRequest, context: Context) -> pm.DeleteUserResponse:
+        user_id = validation.uuid_str(request.user_id, "user_id")
+        return pm.DeleteUserResponse(revision=(await self.directory.delete_user(user_id)).revision)
 
     @handles_errors
-    async def ReactivateUser(self, request, context):
-        return await self._suspend(request, False, pm.ReactivateUserResponse())
+    async def SuspendUser(self, request: pm.SuspendUserRequest, context: Context) -> pm.SuspendUserResponse:
+        written = await self.directory.set_suspended(validation.uuid_str(request.user_id, "user_id"), True)
+        return pm.SuspendUserResponse(user=user_pb(written.value), revision=written.revision)
+
+    @handles_errors
+    async def ReactivateUser(self, request: pm.ReactivateUserRequest,
+                             context: Context) -> pm.ReactivateUserResponse:
+        written = await self.directory.set_suspended(validation.uuid_str(request.user_id, "user_id"), False)
+        return pm.ReactivateUserResponse(user=user_pb(written.value), revision=written.revision)
 
     # ---- doors -----------------------------------------------------------------
     @handles_errors
-    async def CreateDoor(self, request, context):
+    async def CreateDoor(self, request: pm.CreateDoorRequest, context: Context) -> pm.CreateDoorResponse:
         d = request.door
-        name = v.text(d.name, "door.name", max_len=200, required=True)
-        site = v.text(d.site, "door.site", max_len=200, required=False)
-        zone = v.time_zone(d.time_zone, "door.time_zone")
-        staleness = v.max_view_staleness_ms(d.max_view_staleness, "door.max_view_staleness")
+        name = validation.text(d.name, "door.name", max_len=200, required=True)
+        site = validation.text(d.site, "door.site", max_len=200, required=False)
+        zone = validation.time_zone(d.time_zone, "door.time_zone")
+        staleness = validation.max_view_staleness_ms(d.max_view_staleness, "door.max_view_staleness")
 
-        async def work(uow, resp):
-            resp.door.CopyFrom(door_pb(await self.directory.create_door(uow, name, site, zone, d.lockdown,
-                                                                        staleness)))
-        return await self._write("CreateDoor", pm.CreateDoorResponse(), work, request)
-
-    @handles_errors
-    async def GetDoor(self, request, context):
-        door_id = v.uuid_str(request.door_id, "door_id")
-        return pm.GetDoorResponse(door=door_pb(await self._read(lambda uow: get(uow, "doors", door_id))))
+        def build(row: Door, revision: int) -> pm.CreateDoorResponse:
+            return pm.CreateDoorResponse(door=door_pb(row), revision=revision)
+        outcome = await self.directory.create_door(name, site, zone, d.lockdown, staleness,
+                                                   idempotent("CreateDoor", request, build))
+        return respond(outcome, build, pm.CreateDoorResponse)
 
     @handles_errors
-    async def ListDoors(self, request, context):
-        size = v.page_size(request.page_size)
-        site = v.text(request.site, "site", max_len=200, required=False)
-        rows, token = await self._read(lambda uow: page(
-            uow, "doors", size, request.page_token, "(:site = '' OR site = :site)", site=site))
-        return pm.ListDoorsResponse(doors=[door_pb(r) for r in rows], next_page_token=token)
+    async def GetDoor(self, request: pm.GetDoorRequest, context: Context) -> pm.GetDoorResponse:
+        door_id = validation.uuid_str(request.door_id, "door_id")
+        return pm.GetDoorResponse(door=door_pb(await self.directory.get_door(door_id)))
 
     @handles_errors
-    async def UpdateDoor(self, request, context):
-        door_id = v.uuid_str(request.door.door_id, "door.door_id")
+    async def ListDoors(self, request: pm.ListDoorsRequest, context: Context) -> pm.ListDoorsResponse:
+        size = validation.page_size(request.page_size)
+        site = validation.text(request.site, "site", max_len=200, required=False)
+        page = await self.directory.list_doors(size, request.page_token, site)
+        return pm.ListDoorsResponse(doors=[door_pb(r) for r in page.items], next_page_token=page.next_page_token)
+
+    @handles_errors
+    async def UpdateDoor(self, request: pm.UpdateDoorRequest, context: Context) -> pm.UpdateDoorResponse:
+        door_id = validation.uuid_str(request.door.door_id, "door.door_id")
         changes = {}
         for path in mask_paths(request, ("name", "site", "time_zone", "max_view_staleness")):
             value = getattr(request.door, path)
             if path == "time_zone":
-                changes[path] = v.time_zone(value, "door.time_zone")
+                changes[path] = validation.time_zone(value, "door.time_zone")
             elif path == "max_view_staleness":
-                changes["max_view_staleness_ms"] = v.max_view_staleness_ms(value, "door.max_view_staleness")
+                changes["max_view_staleness_ms"] = validation.max_view_staleness_ms(value, "door.max_view_staleness")
             else:
-                changes[path] = v.text(value, f"door.{path}", max_len=200, required=path == "name")
-
-        async def work(uow, resp):
-            resp.door.CopyFrom(door_pb(await self.directory.update_door(uow, door_id, changes)))
-        return await self._write("UpdateDoor", pm.UpdateDoorResponse(), work)
+                changes[path] = validation.text(value, f"door.{path}", max_len=200, required=path == "name")
+        written = await self.directory.update_door(door_id, changes)
+        return pm.UpdateDoorResponse(door=door_pb(written.value), revision=written.revision)
 
     @handles_errors
-    async def DeleteDoor(self, request, context):
-        door_id = v.uuid_str(request.door_id, "door_id")
-        return await self._write("DeleteDoor", pm.DeleteDoorResponse(),
-                                 lambda uow, resp: self.directory.delete_door(uow, door_id))
+    async def DeleteDoor(self, request: pm.DeleteDoorRequest, context: Context) -> pm.DeleteDoorResponse:
+        door_id = validation.uuid_str(request.door_id, "door_id")
+        return pm.DeleteDoorResponse(revision=(await self.directory.delete_door(door_id)).revision)
 
     @handles_errors
-    async def SetDoorLockdown(self, request, context):
-        door_id = v.uuid_str(request.door_id, "door_id")
-
-        async def work(uow, resp):
-            row = await self.directory.update_door(uow, door_id, {"lockdown": request.lockdown})
-            resp.door.CopyFrom(door_pb(row))
-        return await self._write("SetDoorLockdown", pm.SetDoorLockdownResponse(), work)
+    async def SetDoorLockdown(self, request: pm.SetDoorLockdownRequest,
+                              context: Context) -> pm.SetDoorLockdownResponse:
+        door_id = validation.uuid_str(request.door_id, "door_id")
+        written = await self.directory.set_lockdown(door_id, request.lockdown)
+        return pm.SetDoorLockdownResponse(door=door_pb(written.value), revision=written.revision)
 
     # ---- groups ----------------------------------------------------------------
     @handles_errors
-    async def CreateGroup(self, request, context):
-        name = v.text(request.group.name, "group.name", max_len=200, required=True)
+    async def CreateGroup(self, request: pm.CreateGroupRequest, context: Context) -> pm.CreateGroupResponse:
+        name = validation.text(request.group.name, "group.name", max_len=200, required=True)
 
-        async def work(uow, resp):
-            resp.group.CopyFrom(group_pb(await self.directory.create_group(uow, name)))
-        return await self._write("CreateGroup", pm.CreateGroupResponse(), work, request)
-
-    @handles_errors
-    async def GetGroup(self, request, context):
-        group_id = v.uuid_str(request.group_id, "group_id")
-        return pm.GetGroupResponse(group=group_pb(await self._read(lambda uow: get(uow, "groups", group_id))))
+        def build(row: Group, revision: int) -> pm.CreateGroupResponse:
+            return pm.CreateGroupResponse(group=group_pb(row), revision=revision)
+        outcome = await self.directory.create_group(name, idempotent("CreateGroup", request, build))
+        return respond(outcome, build, pm.CreateGroupResponse)
 
     @handles_errors
-    async def ListGroups(self, request, context):
-        size = v.page_size(request.page_size)
-        rows, token = await self._read(lambda uow: page(uow, "groups", size, request.page_token))
-        return pm.ListGroupsResponse(groups=[group_pb(r) for r in rows], next_page_token=token)
+    async def GetGroup(self, request: pm.GetGroupRequest, context: Context) -> pm.GetGroupResponse:
+        group_id = validation.uuid_str(request.group_id, "group_id")
+        return pm.GetGroupResponse(group=group_pb(await self.directory.get_group(group_id)))
 
     @handles_errors
-    async def UpdateGroup(self, request, context):
-        group_id = v.uuid_str(request.group.group_id, "group.group_id")
+    async def ListGroups(self, request: pm.ListGroupsRequest, context: Context) -> pm.ListGroupsResponse:
+        size = validation.page_size(request.page_size)
+        page = await self.directory.list_groups(size, request.page_token)
+        return pm.ListGroupsResponse(groups=[group_pb(r) for r in page.items], next_page_token=page.next_page_token)
+
+    @handles_errors
+    async def UpdateGroup(self, request: pm.UpdateGroupRequest, context: Context) -> pm.UpdateGroupResponse:
+        group_id = validation.uuid_str(request.group.group_id, "group.group_id")
         name = None
         if "name" in mask_paths(request, ("name",)):
-            name = v.text(request.group.name, "group.name", max_len=200, required=True)
-
-        async def work(uow, resp):
-            resp.group.CopyFrom(group_pb(await self.directory.update_group(uow, group_id, name)))
-        return await self._write("UpdateGroup", pm.UpdateGroupResponse(), work)
+            name = validation.text(request.group.name, "group.name", max_len=200, required=True)
+        written = await self.directory.update_group(group_id, name)
+        return pm.UpdateGroupResponse(group=group_pb(written.value), revision=written.revision)
 
     @handles_errors
-    async def DeleteGroup(self, request, context):
-        group_id = v.uuid_str(request.group_id, "group_id")
-        return await self._write("DeleteGroup", pm.DeleteGroupResponse(),
-                                 lambda uow, resp: self.directory.delete_group(uow, group_id))
+    async def DeleteGroup(self, request: pm.DeleteGroupRequest, context: Context) -> pm.DeleteGroupResponse:
+        group_id = validation.uuid_str(request.group_id, "group_id")
+        return pm.DeleteGroupResponse(revision=(await self.directory.delete_group(group_id)).revision)
 
-    async def _member(self, request, member: bool, response):
-        group_id = v.uuid_str(request.group_id, "group_id")
-        user_id = v.uuid_str(request.user_id, "user_id")
-        return await self._write("AddGroupMember" if member else "RemoveGroupMember", response,
-                                 lambda uow, resp: self.directory.set_member(uow, group_id, user_id, member))
+    async def _member(self, request: pm.AddGroupMemberRequest | pm.RemoveGroupMemberRequest, member: bool) -> int:
+        group_id = validation.uuid_str(request.group_id, "group_id")
+        user_id = validation.uuid_str(request.user_id, "user_id")
+        return (await self.directory.set_member(group_id, user_id, member)).revision
 
     @handles_errors
-    async def AddGroupMember(self, request, context):
-        return await self._member(request, True, pm.AddGroupMemberResponse())
+    async def AddGroupMember(self, request: pm.AddGroupMemberRequest, context: Context) -> pm.AddGroupMemberResponse:
+        return pm.AddGroupMemberResponse(revision=await self._member(request, True))
 
     @handles_errors
-    async def RemoveGroupMember(self, request, context):
-        return await self._member(request, False, pm.RemoveGroupMemberResponse())
+    async def RemoveGroupMember(self, request: pm.RemoveGroupMemberRequest,
+                                context: Context) -> pm.RemoveGroupMemberResponse:
+        return pm.RemoveGroupMemberResponse(revision=await self._member(request, False))
 
     @handles_errors
-    async def ListGroupMembers(self, request, context):
-        group_id = v.uuid_str(request.group_id, "group_id")
-        size = v.page_size(request.page_size)
-
-        async def fn(uow):
-            await get(uow, "groups", group_id)
-            return await page(uow, "users", size, request.page_token,
-                              "user_id IN (SELECT user_id FROM group_members WHERE group_id = CAST(:g AS uuid))",
-                              g=group_id)
-        rows, token = await self._read(fn)
-        return pm.ListGroupMembersResponse(members=[user_pb(r) for r in rows], next_page_token=token)
+    async def ListGroupMembers(self, request: pm.ListGroupMembersRequest,
+                               context: Context) -> pm.ListGroupMembersResponse:
+        group_id = validation.uuid_str(request.group_id, "group_id")
+        size = validation.page_size(request.page_size)
+        page = await self.directory.list_members(group_id, size, request.page_token)
+        return pm.ListGroupMembersResponse(members=[user_pb(r) for r in page.items],
+                                           next_page_token=page.next_page_token)
 
     # ---- schedules -------------------------------------------------------------
-    async def _schedule_pb(self, uow, row) -> pm.Schedule:
-        m = pm.Schedule(schedule_id=row["schedule_id"], name=row["name"],
-                        windows=await self.directory.schedule_windows(uow, row["schedule_id"]))
-        ts(row["create_time"], m.create_time)
-        ts(row["update_time"], m.update_time)
-        return m
+    @handles_errors
+    async def CreateSchedule(self, request: pm.CreateScheduleRequest, context: Context) -> pm.CreateScheduleResponse:
+        name = validation.text(request.schedule.name, "schedule.name", max_len=200, required=True)
+        windows = validation.windows(request.schedule.windows, "schedule.windows")
+
+        def build(row: Schedule, revision: int) -> pm.CreateScheduleResponse:
+            return pm.CreateScheduleResponse(schedule=schedule_pb(row), revision=revision)
+        outcome = await self.directory.create_schedule(name, windows, idempotent("CreateSchedule", request, build))
+        return respond(outcome, build, pm.CreateScheduleResponse)
 
     @handles_errors
-    async def CreateSchedule(self, request, context):
-        name = v.text(request.schedule.name, "schedule.name", max_len=200, required=True)
-        windows = v.windows(request.schedule.windows, "schedule.windows")
-
-        async def work(uow, resp):
-            row = await self.directory.create_schedule(uow, name, windows)
-            resp.schedule.CopyFrom(await self._schedule_pb(uow, row))
-        return await self._write("CreateSchedule", pm.CreateScheduleResponse(), work, request)
+    async def GetSchedule(self, request: pm.GetScheduleRequest, context: Context) -> pm.GetScheduleResponse:
+        schedule_id = validation.uuid_str(request.schedule_id, "schedule_id")
+        return pm.GetScheduleResponse(schedule=schedule_pb(await self.directory.get_schedule(schedule_id)))
 
     @handles_errors
-    async def GetSchedule(self, request, context):
-        schedule_id = v.uuid_str(request.schedule_id, "schedule_id")
-
-        async def fn(uow):
-            return await self._schedule_pb(uow, await get(uow, "schedules", schedule_id))
-        return pm.GetScheduleResponse(schedule=await self._read(fn))
-
-    @handles_errors
-    async def ListSchedules(self, request, context):
-        size = v.page_size(request.page_size)
-
-        async def fn(uow):
-            rows, token = await page(uow, "schedules", size, request.page_token)
-            return [await self._schedule_pb(uow, r) for r in rows], token
-        items, token = await self._read(fn)
-        return pm.ListSchedulesResponse(schedules=items, next_page_token=token)
+    async def ListSchedules(self, request: pm.ListSchedulesRequest, context: Context) -> pm.ListSchedulesResponse:
+        size = validation.page_size(request.page_size)
+        page = await self.directory.list_schedules(size, request.page_token)
+        return pm.ListSchedulesResponse(schedules=[schedule_pb(r) for r in page.items],
+                                        next_page_token=page.next_page_token)
 
     @handles_errors
-    async def UpdateSchedule(self, request, context):
-        schedule_id = v.uuid_str(request.schedule.schedule_id, "schedule.schedule_id")
+    async def UpdateSchedule(self, request: pm.UpdateScheduleRequest, context: Context) -> pm.UpdateScheduleResponse:
+        schedule_id = validation.uuid_str(request.schedule.schedule_id, "schedule.schedule_id")
         paths = mask_paths(request, ("name", "windows"))
-        name = v.text(request.schedule.name, "schedule.name", max_len=200, required=True) if "name" in paths else None
-        windows = v.windows(request.schedule.windows, "schedule.windows") if "windows" in paths else None
-
-        async def work(uow, resp):
-            row = await self.directory.update_schedule(uow, schedule_id, name, windows)
-            resp.schedule.CopyFrom(await self._schedule_pb(uow, row))
-        return await self._write("UpdateSchedule", pm.UpdateScheduleResponse(), work)
+        name = (validation.text(request.schedule.name, "schedule.name", max_len=200, required=True)
+                if "name" in paths else None)
+        windows = validation.windows(request.schedule.windows, "schedule.windows") if "windows" in paths else None
+        written = await self.directory.update_schedule(schedule_id, name, windows)
+        return pm.UpdateScheduleResponse(schedule=schedule_pb(written.value), revision=written.revision)
 
     @handles_errors
-    async def DeleteSchedule(self, request, context):
-        schedule_id = v.uuid_str(request.schedule_id, "schedule_id")
-        return await self._write("DeleteSchedule", pm.DeleteScheduleResponse(),
-                                 lambda uow, resp: self.directory.delete_schedule(uow, schedule_id))
+    async def DeleteSchedule(self, request: pm.DeleteScheduleRequest, context: Context) -> pm.DeleteScheduleResponse:
+        schedule_id = validation.uuid_str(request.schedule_id, "schedule_id")
+        return pm.DeleteScheduleResponse(revision=(await self.directory.delete_schedule(schedule_id)).revision)
 
     # ---- credentials -----------------------------------------------------------
     @handles_errors
-    async def IssueCredential(self, request, context):
-        user_id = v.uuid_str(request.user_id, "user_id")
-        secret = v.credential_secret(request.kind, request.secret)
-        label = v.text(request.label, "label", max_len=200, required=False)
+    async def IssueCredential(self, request: pm.IssueCredentialRequest,
+                              context: Context) -> pm.IssueCredentialResponse:
+        user_id = validation.uuid_str(request.user_id, "user_id")
+        secret = validation.credential_secret(request.kind, request.secret)
+        label = validation.text(request.label, "label", max_len=200, required=False)
 
-        async def work(uow, resp):
-            row = await self.access.issue_credential(uow, user_id, request.kind, secret, label)
-            resp.credential.CopyFrom(credential_pb(row))
-        return await self._write("IssueCredential", pm.IssueCredentialResponse(), work, request)
-
-    @handles_errors
-    async def GetCredential(self, request, context):
-        cred_id = v.uuid_str(request.credential_id, "credential_id")
-        row = await self._read(lambda uow: get(uow, "credentials", cred_id))
-        return pm.GetCredentialResponse(credential=credential_pb(row))
+        def build(row: Credential, revision: int) -> pm.IssueCredentialResponse:
+            return pm.IssueCredentialResponse(credential=credential_pb(row), revision=revision)
+        outcome = await self.entitlements.issue_credential(user_id, request.kind, secret, label,
+                                                           idempotent("IssueCredential", request, build))
+        return respond(outcome, build, pm.IssueCredentialResponse)
 
     @handles_errors
-    async def ListCredentials(self, request, context):
-        size = v.page_size(request.page_size)
-        user_id = v.uuid_str(request.user_id, "user_id", required=False)
-        rows, token = await self._read(lambda uow: page(
-            uow, "credentials", size, request.page_token,
-            "(:u = '' OR user_id = CAST(NULLIF(:u, '') AS uuid))", u=user_id))
-        return pm.ListCredentialsResponse(credentials=[credential_pb(r) for r in rows], next_page_token=token)
+    async def GetCredential(self, request: pm.GetCredentialRequest, context: Context) -> pm.GetCredentialResponse:
+        credential_id = validation.uuid_str(request.credential_id, "credential_id")
+        return pm.GetCredentialResponse(credential=credential_pb(await self.entitlements.get_credential(credential_id)))
 
     @handles_errors
-    async def RevokeCredential(self, request, context):
-        cred_id = v.uuid_str(request.credential_id, "credential_id")
+    async def ListCredentials(self, request: pm.ListCredentialsRequest,
+                              context: Context) -> pm.ListCredentialsResponse:
+        size = validation.page_size(request.page_size)
+        user_id = validation.uuid_str(request.user_id, "user_id", required=False)
+        page = await self.entitlements.list_credentials(size, request.page_token, user_id)
+        return pm.ListCredentialsResponse(credentials=[credential_pb(r) for r in page.items],
+                                          next_page_token=page.next_page_token)
 
-        async def work(uow, resp):
-            resp.credential.CopyFrom(credential_pb(await self.access.revoke_credential(uow, cred_id)))
-        return await self._write("RevokeCredential", pm.RevokeCredentialResponse(), work)
+    @handles_errors
+    async def RevokeCredential(self, request: pm.RevokeCredentialRequest,
+                               context: Context) -> pm.RevokeCredentialResponse:
+        credential_id = validation.uuid_str(request.credential_id, "credential_id")
+        written = await self.entitlements.revoke_credential(credential_id)
+        return pm.RevokeCredentialResponse(credential=credential_pb(written.value), revision=written.revision)
 
     # ---- grants ----------------------------------------------------------------
     @handles_errors
-    async def GrantAccess(self, request, context):
+    async def GrantAccess(self, request: pm.GrantAccessRequest, context: Context) -> pm.GrantAccessResponse:
         g = request.grant
         subject = g.WhichOneof("subject")
         if subject is None:
             raise InvalidArgument("grant.user_id", "a grant needs a user_id or a group_id")
-        user_id = v.uuid_str(g.user_id, "grant.user_id") if subject == "user_id" else ""
-        group_id = v.uuid_str(g.group_id, "grant.group_id") if subject == "group_id" else ""
-        door_id = v.uuid_str(g.door_id, "grant.door_id")
-        schedule_id = v.uuid_str(g.schedule_id, "grant.schedule_id", required=False)
+        user_id = validation.uuid_str(g.user_id, "grant.user_id") if subject == "user_id" else ""
+        group_id = validation.uuid_str(g.group_id, "grant.group_id") if subject == "group_id" else ""
+        door_id = validation.uuid_str(g.door_id, "grant.door_id")
+        schedule_id = validation.uuid_str(g.schedule_id, "grant.schedule_id", required=False)
         valid_from = timestamp_in(g, "valid_from", "grant.valid_from")
         valid_until = timestamp_in(g, "valid_until", "grant.valid_until")
         if valid_from and valid_until and valid_until <= valid_from:
             raise InvalidArgument("grant.valid_until", "must be after valid_from")
 
-        async def work(uow, resp):
-            row = await self.access.grant(uow, user_id, group_id, door_id, valid_from, valid_until, schedule_id)
-            resp.grant.CopyFrom(grant_pb(row))
-        return await self._write("GrantAccess", pm.GrantAccessResponse(), work, request)
+        def build(row: Grant, revision: int) -> pm.GrantAccessResponse:
+            return pm.GrantAccessResponse(grant=grant_pb(row), revision=revision)
+        outcome = await self.entitlements.grant(user_id, group_id, door_id, valid_from, valid_until, schedule_id,
+                                                idempotent("GrantAccess", request, build))
+        return respond(outcome, build, pm.GrantAccessResponse)
 
     @handles_errors
-    async def GetGrant(self, request, context):
-        grant_id = v.uuid_str(request.grant_id, "grant_id")
-        return pm.GetGrantResponse(grant=grant_pb(await self._read(lambda uow: get(uow, "grants", grant_id))))
+    async def GetGrant(self, request: pm.GetGrantRequest, context: Context) -> pm.GetGrantResponse:
+        grant_id = validation.uuid_str(request.grant_id, "grant_id")
+        return pm.GetGrantResponse(grant=grant_pb(await self.entitlements.get_grant(grant_id)))
 
     @handles_errors
-    async def ListGrants(self, request, context):
-        size = v.page_size(request.page_size)
-        filters = {k: v.uuid_str(getattr(request, k), k, required=False) for k in ("user_id", "group_id", "door_id")}
-        where = " AND ".join(f"(:{k} = '' OR {k} = CAST(NULLIF(:{k}, '') AS uuid))" for k in filters)
-        where += "" if request.include_revoked else " AND NOT revoked"
-        rows, token = await self._read(lambda uow: page(uow, "grants", size, request.page_token, where, **filters))
-        return pm.ListGrantsResponse(grants=[grant_pb(r) for r in rows], next_page_token=token)
+    async def ListGrants(self, request: pm.ListGrantsRequest, context: Context) -> pm.ListGrantsResponse:
+        size = validation.page_size(request.page_size)
+        filters = {k: validation.uuid_str(getattr(request, k), k, required=False)
+                   for k in ("user_id", "group_id", "door_id")}
+        page = await self.entitlements.list_grants(size, request.page_token, include_revoked=request.include_revoked,
+                                                   **filters)
+        return pm.ListGrantsResponse(grants=[grant_pb(r) for r in page.items], next_page_token=page.next_page_token)
 
     @handles_errors
-    async def RevokeAccess(self, request, context):
-        grant_id = v.uuid_str(request.grant_id, "grant_id")
-
-        async def work(uow, resp):
-            resp.grant.CopyFrom(grant_pb(await self.access.revoke(uow, grant_id)))
-        return await self._write("RevokeAccess", pm.RevokeAccessResponse(), work)
+    async def RevokeAccess(self, request: pm.RevokeAccessRequest, context: Context) -> pm.RevokeAccessResponse:
+        grant_id = validation.uuid_str(request.grant_id, "grant_id")
+        written = await self.entitlements.revoke(grant_id)
+        return pm.RevokeAccessResponse(grant=grant_pb(written.value), revision=written.revision)
 
     # ---- explain ---------------------------------------------------------------
     @handles_errors
-    async def ExplainAccess(self, request, context):
-        user_id = v.uuid_str(request.user_id, "user_id")
-        door_id = v.uuid_str(request.door_id, "door_id")
+    async def ExplainAccess(self, request: pm.ExplainAccessRequest, context: Context) -> pm.ExplainAccessResponse:
+        user_id = validation.uuid_str(request.user_id, "user_id")
+        door_id = validation.uuid_str(request.door_id, "door_id")
         at = timestamp_in(request, "at", "at") or dt.datetime.now(dt.UTC)
-        verdict, revision = await self.access.explain(user_id, door_id, at)
+        verdict, revision = await self.entitlements.explain(user_id, door_id, at)
         return pm.ExplainAccessResponse(
             decision=ev.DECISION_GRANTED if verdict.granted else ev.DECISION_DENIED,
             reason=int(verdict.reason), revision=revision,
@@ -473,5 +426,5 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
         )
 
     # ---- access snapshot: the contract and the work are in snapshot.py -----------
-    async def ExportAccessSnapshot(self, request, context):
-        await snapshot.serve(self.db, context)
+    async def ExportAccessSnapshot(self, request: pm.ExportAccessSnapshotRequest, context: Context) -> None:
+        await self.snapshot.serve(context)

@@ -17,7 +17,7 @@ from latchkit import envelope
 from latchkit.access_codec import from_event
 from latchkit.access_rules import evaluate
 from latchkit.bus import PERMISSIONS_STREAM, BusSettings
-from services.permissions.relay import OutboxRelay
+from services.permissions.adapters.outbox_relay import OutboxRelay
 from tests.integration.conftest import aio_channel, start_permissions
 from tests.waiting import until
 

@@ -85,7 +85,7 @@ async def test_rebuild_writes_the_snapshot_closes_stale_pairs_and_keeps_newer_on
     # What the projector applied after the snapshot stays.
     assert (await view.get_pair(door, newer)).version == revision + 100
     # The card resolves by its keyed hash, not revoked.
-    digest = secrets.hash_secret(service.app.servicer.hmac_key, 1, "rebuild-card")
+    digest = secrets.hash_secret(service.app.servicer.entitlements.hmac_key, 1, "rebuild-card")
     credential = await view.get_credential(1, digest)
     assert (credential.credential_id, credential.revoked, credential.version) == (
         card.credential.credential_id, False, revision)

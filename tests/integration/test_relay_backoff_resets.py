@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from latchkit.bus import BusSettings
-from services.permissions import relay as relay_module
-from services.permissions.relay import OutboxRelay, libpq_dsn
+from services.permissions.adapters import outbox_relay as relay_module
+from services.permissions.adapters.outbox_relay import OutboxRelay, libpq_dsn
 from tests.flaky_broker import FlakyBroker, resume_after_second_outage
 from tests.integration.conftest import fresh_database
 

@@ -5,7 +5,8 @@ Every write starts by taking the next revision from `revision_counter`
 at a time: revisions are contiguous, grow in commit order, and everything a
 write reads is the latest committed state (no write skew is possible). At
 commit the events go to `outbox` in the same transaction, in one statement
-with the NOTIFY that wakes the relay, sent together with the COMMIT. A rolled-back write leaves no revision, row or event behind.
+with the NOTIFY that wakes the relay, sent together with the COMMIT. A
+rolled-back write leaves no revision, row or event behind.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from latchkit import envelope
 from latchkit.errors import FailedPrecondition, Unavailable
 from latchkit.identity import actor
+from services.permissions.adapters.postgres_store import (
+    ForeignKeyViolation,
+    PostgresIdempotencyStore,
+    PostgresPermissionsStore,
+)
 from services.permissions.migrations import sqlalchemy_url
 
 log = logging.getLogger("latchkey.permissions.db")
@@ -50,28 +56,21 @@ def _pyformat(sql: str) -> str:
 _PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
-class MissingReference(FailedPrecondition):
-    """A foreign key found nothing to point at (or a RESTRICT still pointing here)."""
-
-    def __init__(self, constraint: str) -> None:
-        super().__init__(f"the change conflicts with the current state ({constraint or 'a constraint'})")
-        self.constraint = constraint
-
-
 @contextlib.contextmanager
 def _references():
     try:
         yield
     except psycopg.errors.ForeignKeyViolation as exc:
-        raise MissingReference(exc.diag.constraint_name or "") from None
+        raise ForeignKeyViolation(exc.diag.constraint_name or "") from None
 
 
-class UnitOfWork:
-    """One transaction on one psycopg connection (SQLAlchemy provides the pool).
+class PostgresUnitOfWork:
+    """`ports.UnitOfWork`: one transaction on one psycopg connection (SQLAlchemy provides the pool).
 
     Statements go to psycopg directly: on the write path every statement runs
     under the revision lock, and psycopg's prepared statements cost about half
-    of a SQLAlchemy `text()` round trip here.
+    of a SQLAlchemy `text()` round trip. `rows`/`row`/`execute` are for the
+    adapters of this package (and offline readers such as the view rebuild).
     """
 
     def __init__(self, conn: psycopg.AsyncConnection, revision: int | None) -> None:
@@ -80,6 +79,8 @@ class UnitOfWork:
         self.events: list = []
         self.cancelled = False
         self._actor = actor()
+        self.store = PostgresPermissionsStore(self)
+        self.idempotency = PostgresIdempotencyStore(self)
 
     async def rows(self, sql: str, **params: Any) -> list[dict]:
         async with self.conn.cursor(row_factory=dict_row) as cur:
@@ -146,7 +147,7 @@ def translate_errors():
 
 
 class Database:
-    """Owns the engine; hands out units of work."""
+    """`ports.UnitOfWorkFactory`: owns the engine; hands out units of work."""
 
     def __init__(self, dsn: str, pool_size: int = 10) -> None:
         # Statements go to psycopg directly, so SQLAlchemy never sees a disconnect and
@@ -166,27 +167,30 @@ class Database:
             yield raw.driver_connection
 
     @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[UnitOfWork]:
+    async def read(self, *, snapshot: bool = False) -> AsyncIterator[PostgresUnitOfWork]:
         with translate_errors():
             async with self._connection() as conn, conn.transaction():
-                yield UnitOfWork(conn, None)
+                uow = PostgresUnitOfWork(conn, None)
+                if snapshot:
+                    await uow.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                yield uow
 
     @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[UnitOfWork]:
+    async def write(self) -> AsyncIterator[PostgresUnitOfWork]:
         with translate_errors():
             async with self._connection() as conn:
                 async with self._write(conn) as uow:
                     yield uow
 
     @contextlib.asynccontextmanager
-    async def _write(self, conn: psycopg.AsyncConnection) -> AsyncIterator[UnitOfWork]:
+    async def _write(self, conn: psycopg.AsyncConnection) -> AsyncIterator[PostgresUnitOfWork]:
         # The transaction is driven by hand so that BEGIN and the revision travel in one
         # round trip (a parameterless multi-statement query); in autocommit mode psycopg
         # sends no BEGIN of its own. Every write pays each round trip under the revision
         # lock, so each one saved is throughput as well as latency.
         await conn.set_autocommit(True)  # local: no round trip
         try:
-            uow = UnitOfWork(conn, None)
+            uow = PostgresUnitOfWork(conn, None)
             try:
                 async with conn.cursor() as cur:
                     await cur.execute(BEGIN_AND_TAKE_REVISION)
@@ -231,13 +235,13 @@ class Database:
 
         try:
             await asyncio.wait_for(asyncio.gather(*(hold() for _ in range(size))), timeout=30)
-        except Exception as exc:  # noqa: BLE001 - a warm-up only
+        except Exception as exc:  # a warm-up only: any failure leaves the pool lazy
             all_open.set()
             log.warning("could not open the database pool ahead of use", extra={"error": repr(exc)})
 
     async def current_revision(self) -> int:
         async with self.read() as uow:
-            return (await uow.row("SELECT revision FROM revision_counter WHERE id = 1"))["revision"]
+            return await uow.store.revision()
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -123,7 +123,7 @@ class OutboxRelay:
             try:
                 await asyncio.wait_for(future, timeout=ACK_WAIT_SECONDS)
                 acked += 1
-            except Exception as exc:  # noqa: BLE001 - stop at the first failure, keep order
+            except Exception as exc:  # stop at the first failure: later acks must not be deleted out of order
                 error = exc
                 break
         for future in futures[acked:]:

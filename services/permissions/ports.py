@@ -1,0 +1,164 @@
+"""What the permissions use cases need from storage; the docstrings are the contract.
+
+A use case opens one unit of work (`UnitOfWorkFactory.write()` or `.read()`),
+asks its `store` and `idempotency`, queues events with `emit`, and leaves;
+the unit of work commits the rows and the events together, or nothing.
+Adapters: `adapters/postgres.py` (the service), `tests/unit/fakes_permissions.py`
+(in memory, for the use-case tests).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from latchkit.access_rules import Window
+from services.permissions.domain import (
+    AccessFacts,
+    Credential,
+    Door,
+    Grant,
+    Group,
+    Pair,
+    Schedule,
+    User,
+)
+
+
+class PermissionsStore(Protocol):
+    """The permissions tables as one transaction sees them.
+
+    `get_*` return None for an unknown id; `lock=True` holds the row until the
+    transaction ends. `list_*` return up to `limit` rows ordered by id, after the
+    id `after` ('' = from the start). Writes return the row as stored. A write
+    naming a missing row raises `domain.MissingReference` with the field.
+    """
+
+    async def revision(self) -> int: ...
+
+    # users
+    async def get_user(self, user_id: str, *, lock: bool = False) -> User | None: ...
+    async def external_id_taken(self, external_id: str, *, other_than: str = "") -> bool: ...
+    async def insert_user(self, user_id: str, display_name: str, email: str, external_id: str,
+                          at: dt.datetime) -> User: ...
+    async def update_user(self, user_id: str, changes: dict[str, Any], at: dt.datetime) -> User:
+        """`changes`: display_name, email, external_id ('' clears it), suspended."""
+    async def delete_user(self, user_id: str) -> None:
+        """Also deletes the user's credentials, grants and memberships."""
+    async def list_users(self, after: str, limit: int, *, suspended: bool | None = None) -> list[User]: ...
+
+    # doors
+    async def get_door(self, door_id: str, *, lock: bool = False) -> Door | None: ...
+    async def insert_door(self, door_id: str, name: str, site: str, time_zone: str, lockdown: bool,
+                          max_view_staleness_ms: int, at: dt.datetime) -> Door: ...
+    async def update_door(self, door_id: str, changes: dict[str, Any], at: dt.datetime) -> Door:
+        """`changes`: name, site, time_zone, lockdown, max_view_staleness_ms."""
+    async def delete_door(self, door_id: str) -> None:
+        """Also deletes the door's grants."""
+    async def list_doors(self, after: str, limit: int, *, site: str = "") -> list[Door]: ...
+
+    # groups
+    async def get_group(self, group_id: str, *, lock: bool = False) -> Group | None: ...
+    async def group_name_taken(self, name: str, *, other_than: str = "") -> bool: ...
+    async def insert_group(self, group_id: str, name: str, at: dt.datetime) -> Group: ...
+    async def rename_group(self, group_id: str, name: str, at: dt.datetime) -> Group: ...
+    async def delete_group(self, group_id: str) -> None:
+        """Also deletes the group's grants and memberships."""
+    async def list_groups(self, after: str, limit: int) -> list[Group]: ...
+    async def add_member(self, group_id: str, user_id: str) -> bool:
+        """False if the user already was a member."""
+    async def remove_member(self, group_id: str, user_id: str) -> bool:
+        """False if the user was not a member."""
+    async def members(self, group_id: str) -> list[str]: ...
+    async def list_members(self, group_id: str, after: str, limit: int) -> list[User]: ...
+
+    # schedules
+    async def get_schedule(self, schedule_id: str, *, lock: bool = False) -> Schedule | None: ...
+    async def insert_schedule(self, schedule_id: str, name: str, windows: list[Window],
+                              at: dt.datetime) -> Schedule: ...
+    async def update_schedule(self, schedule_id: str, name: str | None, windows: list[Window] | None,
+                              at: dt.datetime) -> Schedule:
+        """None leaves that part as it is; the update time moves either way."""
+    async def schedule_in_use(self, schedule_id: str) -> bool:
+        """An active (not revoked) grant uses it."""
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Revoked grants that used it keep no schedule."""
+    async def list_schedules(self, after: str, limit: int) -> list[Schedule]: ...
+
+    # credentials
+    async def get_credential(self, credential_id: str, *, lock: bool = False) -> Credential | None: ...
+    async def active_credential_exists(self, kind: int, secret_hash: bytes) -> bool: ...
+    async def insert_credential(self, credential_id: str, user_id: str, kind: int, secret_hash: bytes,
+                                label: str, at: dt.datetime) -> Credential: ...
+    async def revoke_credential(self, credential_id: str, at: dt.datetime) -> Credential: ...
+    async def credentials_of_user(self, user_id: str) -> list[Credential]: ...
+    async def list_credentials(self, after: str, limit: int, *, user_id: str = "") -> list[Credential]: ...
+
+    # grants
+    async def get_grant(self, grant_id: str) -> Grant | None: ...
+    async def insert_grant(self, grant_id: str, user_id: str, group_id: str, door_id: str,
+                           valid_from: dt.datetime | None, valid_until: dt.datetime | None, schedule_id: str,
+                           at: dt.datetime) -> Grant:
+        """The references are checked here (MissingReference names the first one missing)."""
+    async def revoke_grant(self, grant_id: str, at: dt.datetime) -> Grant | None:
+        """None if there is no active grant with that id (unknown or already revoked)."""
+    async def active_grants(self, *, user_id: str = "", door_id: str = "", group_id: str = "") -> list[Grant]:
+        """The active grants naming that user (directly), door or group: exactly one is given."""
+    async def list_grants(self, after: str, limit: int, *, user_id: str = "", group_id: str = "",
+                          door_id: str = "", include_revoked: bool = False) -> list[Grant]: ...
+
+    # effective access
+    async def pairs_of_user(self, user_id: str) -> set[Pair]:
+        """Pairs the user has an active grant in, directly or through a group."""
+    async def pairs_of_door(self, door_id: str) -> set[Pair]: ...
+    async def all_pairs(self) -> set[Pair]:
+        """Every (door, user) pair an active grant covers, directly or through a group."""
+    async def all_credentials(self) -> list[Credential]:
+        """Every credential, revoked ones included, in credential_id order."""
+    async def pairs_of_group(self, group_id: str) -> set[Pair]: ...
+    async def pairs_of_schedule(self, schedule_id: str) -> set[Pair]: ...
+    async def doors_of_group(self, group_id: str) -> list[str]:
+        """Doors with an active grant to the group."""
+    async def access_facts(self, pairs: set[Pair]) -> AccessFacts:
+        """Active rules of the pairs (direct and through groups), their users' and doors' state, windows."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    method: str
+    response: bytes
+    request_hash: bytes | None
+    """None for answers stored before requests were hashed: replayed as they always were."""
+
+
+class IdempotencyStore(Protocol):
+    """First answers to requests with a request_id, per caller, written in the request's transaction."""
+
+    async def find(self, caller: str, request_id: str) -> StoredResponse | None: ...
+    async def save(self, caller: str, request_id: str, method: str, response: bytes,
+                   request_hash: bytes) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction. A write takes the next revision first (writers run one at a time);
+    its events are written with it at commit. A write with no events, or cancelled, rolls
+    back and gives its revision back (`revision` is then the last committed one)."""
+
+    store: PermissionsStore
+    idempotency: IdempotencyStore
+    revision: int
+
+    def emit(self, payload: Any, aggregate_key: str) -> None:
+        """Queue an event (a `latchkey.events.v1` message) for this transaction's revision."""
+
+    def cancel(self) -> None:
+        """Roll back at the end, whatever was done."""
+
+
+class UnitOfWorkFactory(Protocol):
+    def write(self) -> AbstractAsyncContextManager[UnitOfWork]: ...
+
+    def read(self, *, snapshot: bool = False) -> AbstractAsyncContextManager[UnitOfWork]:
+        """A read-only transaction; `snapshot`: every read sees one moment (with `store.revision()`)."""
