@@ -41,6 +41,10 @@ class Stub:
     def __init__(self, channel, stub_class) -> None:
         self._stub = stub_class(channel)
 
+    def future(self, name: str, request, timeout: float = 30):
+        """Start a call without waiting for it; `.result()` waits."""
+        return getattr(self._stub, name).future(request, timeout=timeout)
+
     def __getattr__(self, name):
         method = getattr(self._stub, name)
 

@@ -202,3 +202,21 @@ def test_an_alarm_says_alarm_and_its_kind_with_revision_zero(auditor, perms, doo
     (alarm,) = follow(auditor, 1, door_id=theirs.door_id, event_types=["access.security_alarm"])
     assert (alarm.outcome, alarm.reason, alarm.revision) == ("ALARM", alarm.envelope.security_alarm.kind, 0)
     assert alarm.action == "security_alarm"
+
+
+def test_a_following_batch_is_sent_once_no_more_stored_events_match(auditor, perms, door_controller):
+    # A batch is sent when full or when nothing more is stored: a live event does not wait for nine more.
+    door = new_door(perms)
+    ctl = door_controller(door.door_id)
+    first = ctl.Unlock(ac.UnlockRequest(door_id=door.door_id, user_id=rid(), request_id=rid()), timeout=5)
+    replies = auditor.AuditLog(au.AuditLogRequest(door_id=door.door_id, event_types=["access.unlock_decided"],
+                                                  follow=True, max_batch=10), timeout=20)
+    got = []
+    for reply in replies:
+        got += [e.envelope.unlock_decided.decision_id for e in reply.events]
+        if got == [first.decision_id]:
+            second = ctl.Unlock(ac.UnlockRequest(door_id=door.door_id, user_id=rid(), request_id=rid()), timeout=5)
+        if len(got) == 2:
+            break
+    replies.cancel()
+    assert got == [first.decision_id, second.decision_id]
