@@ -291,3 +291,12 @@ def test_a_schedule_update_changes_what_the_door_answers(perms, door_controller,
     settled(access_admin, updated)
     answer = unlock(ctl, door.door_id, user_id=user.user_id, min_revision=updated)
     assert (answer.decision, answer.reason) == (ev.DECISION_DENIED, ev.DECISION_REASON_OUTSIDE_SCHEDULE)
+
+
+def test_unlock_takes_a_deadline_up_to_30_seconds_and_names_a_longer_one(perms, door_controller):
+    # docs/architecture.md: "Unlock needs a deadline at most this long" (LATCHKEY_ACCESS_MAX_DEADLINE_SECONDS, 30).
+    door = new_door(perms)
+    ctl = door_controller(door.door_id)
+    assert unlock(ctl, door.door_id, user_id=rid(), timeout=29).decision == ev.DECISION_DENIED
+    err = refused(lambda: unlock(ctl, door.door_id, user_id=rid(), timeout=31), C.INVALID_ARGUMENT)
+    assert "deadline" in err.details()

@@ -78,7 +78,10 @@ def test_a_decision_event_says_who_asked_what_came_out_and_why(auditor, scene):
         assert event.outcome == ev.Decision.Name(answer.decision).removeprefix("DECISION_")
         assert event.reason == ev.DecisionReason.Name(answer.reason).removeprefix("DECISION_REASON_")
         assert event.revision == 0 and event.door_id == door.door_id
-        assert event.HasField("source_time") and event.HasField("stored_time")
+        # source_time is when the decision was made, kept to the microsecond.
+        assert event.source_time.ToMicroseconds() == answer.server_time.ToMicroseconds()
+        assert event.source_time.ToMicroseconds() == event.envelope.occurred_at.ToMicroseconds()
+        assert event.HasField("stored_time")
     assert events[0].user_id == scene["user"].user_id
     assert events[0].credential_id == scene["issued"].credential.credential_id
     assert (events[0].outcome, events[1].outcome) == ("GRANTED", "DENIED")
