@@ -223,3 +223,17 @@ def test_a_following_batch_is_sent_once_no_more_stored_events_match(auditor, per
             break
     replies.cancel()
     assert got == [first.decision_id, second.decision_id]
+
+
+def test_a_range_starting_when_the_door_was_answered_includes_that_decision(auditor, perms, door_controller):
+    # The range is "on when the event happened at its source". A decision happened at the server_time its
+    # answer carries (nanoseconds), though source_time keeps microseconds: a range starting at that very
+    # moment holds the decision, one ending there does not.
+    door = new_door(perms)
+    ctl = door_controller(door.door_id)
+    answer = ctl.Unlock(ac.UnlockRequest(door_id=door.door_id, user_id=rid(), request_id=rid()), timeout=5)
+    follow(auditor, 1, door_id=door.door_id, event_types=["access.unlock_decided"])
+    kinds = {"door_id": door.door_id, "event_types": ["access.unlock_decided"]}
+    starting = read(auditor, start_time=answer.server_time, **kinds)
+    assert [e.envelope.unlock_decided.decision_id for e in starting] == [answer.decision_id]
+    assert read(auditor, end_time=answer.server_time, **kinds) == []
