@@ -653,3 +653,19 @@ def test_group_members_are_listed_in_pages(perms):
     for request, field in ((pm.ListGroupMembersRequest(group_id=group.group_id, page_size=-1), "page_size"),
                            (pm.ListGroupMembersRequest(group_id=group.group_id, page_token="forged"), "page_token")):
         assert field in bad_fields(refused(lambda r=request: perms.ListGroupMembers(r), C.INVALID_ARGUMENT))
+
+
+
+def test_a_failed_create_does_not_keep_its_request_id(perms):
+    # "A failed call writes nothing": not even the request_id. Once the cause is gone, the same request works.
+    door = new_door(perms)
+    request = pm.GrantAccessRequest(request_id=rid(), grant=pm.Grant(user_id=MISSING, door_id=door.door_id))
+    refused(lambda: perms.GrantAccess(request), C.NOT_FOUND)
+    request.grant.user_id = new_user(perms).user_id
+    granted = perms.GrantAccess(request)
+    assert granted.grant.user_id == request.grant.user_id and perms.GrantAccess(request) == granted
+    taken = new_group(perms)
+    again = pm.CreateGroupRequest(request_id=rid(), group=pm.Group(name=taken.name))
+    refused(lambda: perms.CreateGroup(again), C.ALREADY_EXISTS)
+    perms.DeleteGroup(pm.DeleteGroupRequest(group_id=taken.group_id))
+    assert perms.CreateGroup(again).group.name == taken.name
