@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import uuid
 
 import grpc
 import pytest
@@ -240,7 +241,7 @@ def test_a_replayed_request_id_is_not_counted_as_another_attempt(perms, door_con
 
 def test_a_secret_presented_as_another_kind_is_an_unknown_credential(perms, door_controller, access_admin):
     user, door = new_user(perms), new_door(perms)
-    digits = "7" + str(rid().__hash__() % 10**9).zfill(9)
+    digits = str(uuid.uuid4().int)[:10]  # a valid card number, and a valid PIN too
     perms.IssueCredential(pm.IssueCredentialRequest(user_id=user.user_id, kind=ev.CREDENTIAL_KIND_CARD,
                                                     secret=digits))
     granted = perms.GrantAccess(pm.GrantAccessRequest(grant=pm.Grant(user_id=user.user_id,
