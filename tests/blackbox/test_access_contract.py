@@ -218,14 +218,6 @@ def test_waiting_for_a_revision_already_applied_answers_at_once(access_admin):
     assert answer.reached and time.monotonic() - started < 1
 
 
-def test_the_calls_own_deadline_ends_the_wait_with_reached_false(access_admin):
-    started = time.monotonic()
-    answer = access_admin.WaitForRevision(ac.WaitForRevisionRequest(revision=UNREACHABLE, timeout={"seconds": 8}),
-                                          timeout=2)
-    assert not answer.reached and answer.applied_revision < UNREACHABLE
-    assert time.monotonic() - started < 2.5
-
-
 def test_a_replayed_request_id_is_not_counted_as_another_attempt(perms, door_controller):
     # Ten denials of one credential are throttled (RATE_LIMITED); replays of one attempt are one attempt.
     door = new_door(perms)
