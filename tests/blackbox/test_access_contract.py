@@ -286,3 +286,15 @@ def test_unlock_takes_a_deadline_up_to_30_seconds_and_names_a_longer_one(perms, 
     err = refused(lambda: unlock(ctl, door.door_id, user_id=rid(), timeout=31), C.INVALID_ARGUMENT)
     assert "deadline" in err.details()
 
+
+# ---- mismatches: the service disagrees with its comment (these fail until the service is fixed) -------------
+
+def test_the_calls_own_deadline_ends_the_wait_with_reached_false(access_admin):
+    # "The call's own deadline also ends the wait (the answer then says reached = false)." The server ends
+    # the wait 50 ms before the deadline; on a loaded machine (2 cores, load 10) the answer then arrives
+    # after it, and the caller sees DEADLINE_EXCEEDED instead of reached = false.
+    started = time.monotonic()
+    answer = access_admin.WaitForRevision(ac.WaitForRevisionRequest(revision=UNREACHABLE, timeout={"seconds": 8}),
+                                          timeout=2)
+    assert not answer.reached and answer.applied_revision < UNREACHABLE
+    assert time.monotonic() - started < 2.5
