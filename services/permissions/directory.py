@@ -44,7 +44,8 @@ class Directory(UseCases):
         return need(await self._read(lambda s: s.get_user(user_id)), "user_id", user_id)
 
     async def list_users(self, size: int, token: str, suspended: bool | None) -> Page[User]:
-        return await self._page("users", size, token, lambda s, a, n: s.list_users(a, n, suspended=suspended))
+        return await self._page("users", size, token, lambda s, a, n: s.list_users(a, n, suspended=suspended),
+                                 filters=(suspended,))
 
     async def update_user(self, user_id: str, changes: dict[str, str]) -> Written[User]:
         async def work(uow: UnitOfWork) -> User:
@@ -100,7 +101,8 @@ class Directory(UseCases):
         return need(await self._read(lambda s: s.get_door(door_id)), "door_id", door_id)
 
     async def list_doors(self, size: int, token: str, site: str) -> Page[Door]:
-        return await self._page("doors", size, token, lambda s, a, n: s.list_doors(a, n, site=site))
+        return await self._page("doors", size, token, lambda s, a, n: s.list_doors(a, n, site=site),
+                                 filters=(site,))
 
     async def update_door(self, door_id: str, changes: dict[str, Any]) -> Written[Door]:
         async def work(uow: UnitOfWork) -> Door:
@@ -196,7 +198,7 @@ class Directory(UseCases):
         async def group_exists(store: PermissionsStore) -> None:
             need(await store.get_group(group_id), "group_id", group_id)
         return await self._page("users", size, token, lambda s, a, n: s.list_members(group_id, a, n),
-                                check=group_exists)
+                                check=group_exists, filters=(group_id,))
 
     # ---- schedules -------------------------------------------------------------
     async def create_schedule(self, name: str, windows: list[Window],

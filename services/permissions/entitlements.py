@@ -41,7 +41,8 @@ class Entitlements(UseCases):
         return need(await self._read(lambda s: s.get_credential(credential_id)), "credential_id", credential_id)
 
     async def list_credentials(self, size: int, token: str, user_id: str) -> Page[Credential]:
-        return await self._page("credentials", size, token, lambda s, a, n: s.list_credentials(a, n, user_id=user_id))
+        return await self._page("credentials", size, token, lambda s, a, n: s.list_credentials(a, n, user_id=user_id),
+                                 filters=(user_id,))
 
     async def revoke_credential(self, credential_id: str) -> Written[Credential]:
         async def work(uow: UnitOfWork) -> Credential:
@@ -83,7 +84,8 @@ class Entitlements(UseCases):
     async def list_grants(self, size: int, token: str, *, user_id: str, group_id: str, door_id: str,
                           include_revoked: bool) -> Page[Grant]:
         return await self._page("grants", size, token, lambda s, a, n: s.list_grants(
-            a, n, user_id=user_id, group_id=group_id, door_id=door_id, include_revoked=include_revoked))
+            a, n, user_id=user_id, group_id=group_id, door_id=door_id, include_revoked=include_revoked),
+            filters=(user_id, group_id, door_id, include_revoked))
 
     async def revoke(self, grant_id: str) -> Written[Grant]:
         """Revoking an already revoked grant is FAILED_PRECONDITION."""

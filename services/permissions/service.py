@@ -13,6 +13,7 @@ reused for a different request is refused (AIP-155).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 import uuid
 from collections.abc import Awaitable, Callable
@@ -134,8 +135,12 @@ class UseCases:
 
     async def _page(self, kind: str, size: int, token: str,
                     fetch: Callable[[PermissionsStore, str, int], Awaitable[list]],
-                    check: Callable[[PermissionsStore], Awaitable[Any]] | None = None) -> Page:
-        after = decode_page_token(token, kind)
+                    check: Callable[[PermissionsStore], Awaitable[Any]] | None = None, *,
+                    filters: tuple = ()) -> Page:
+        """One page after `token`. A token names its list and the list's filters: used with other
+        filters it is INVALID_ARGUMENT, not the rest of a different list."""
+        scope = f"{kind}:{hashlib.sha256(repr(filters).encode()).hexdigest()[:16]}" if filters else kind
+        after = decode_page_token(token, scope)
 
         async def work(store: PermissionsStore) -> list:
             if check is not None:
@@ -144,7 +149,7 @@ class UseCases:
         rows = await self._read(work)
         more = len(rows) > size
         rows = rows[:size]
-        return Page(rows, encode_page_token(kind, getattr(rows[-1], PAGE_KEYS[kind])) if more else "")
+        return Page(rows, encode_page_token(scope, getattr(rows[-1], PAGE_KEYS[kind])) if more else "")
 
 
 # ---- events ----------------------------------------------------------------------

@@ -51,7 +51,9 @@ def request_id(value: str, field: str = "request_id") -> str:
 
 @functools.lru_cache(maxsize=1)
 def _zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+    # `localtime` and `posixrules` are links to whatever the host is set to, not IANA zones:
+    # a door's schedule must not change with the machine that reads it.
+    return frozenset(zoneinfo.available_timezones()) - {"localtime", "posixrules"}
 
 
 def time_zone(value: str, field: str) -> str:

@@ -489,6 +489,20 @@ def test_page_size_defaults_to_50_and_pages_walk_every_item_once(perms):
     assert {d.site for d in walked} == {site}
 
 
+def test_a_page_token_is_refused_with_other_filters_than_its_own(perms):
+    site, other_site = "site-" + rid(), "site-" + rid()
+    for _ in range(3):
+        new_door(perms, site=site)
+    new_door(perms, site=other_site)
+    token = perms.ListDoors(pm.ListDoorsRequest(site=site, page_size=1)).next_page_token
+    assert token
+    # The same filters take the token; other filters refuse it instead of continuing another list.
+    assert len(perms.ListDoors(pm.ListDoorsRequest(site=site, page_size=1, page_token=token)).doors) == 1
+    for request in (pm.ListDoorsRequest(site=other_site, page_token=token), pm.ListDoorsRequest(page_token=token)):
+        err = refused(lambda r=request: perms.ListDoors(r), C.INVALID_ARGUMENT)
+        assert "page_token" in bad_fields(err)
+
+
 def test_page_size_is_capped_at_500(perms):
     have = len(walk(perms.ListGroups, pm.ListGroupsRequest(page_size=500), "groups"))
     missing = max(0, 501 - have)
