@@ -4,13 +4,16 @@ An in-process permissions server (its interceptor makes the server span) on a
 fresh database; its relay starts only once the test has read the grant's
 outbox row, so the row can be seen before the relay deletes it. The message is
 read back from the test stack's PERMISSIONS stream by its `Nats-Msg-Id`.
+Migration 0004 is checked on a database that already holds waiting rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import nats
 import psycopg
@@ -21,6 +24,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from latchkit import tracing
 from latchkit.bus import PERMISSIONS_STREAM, ensure_streams
+from services.permissions import migrations
 from services.permissions.adapters.outbox_relay import libpq_dsn
 from tests.integration.conftest import aio_channel, start_permissions
 from tests.otlp_collector import Collector
@@ -126,3 +130,36 @@ async def test_with_tracing_off_neither_the_row_nor_the_message_carries_a_trace(
     relayed = await _grant_and_relay(urls, pki)
     assert relayed.row_traceparents == [None, None]
     assert [set(h) for h in relayed.headers] == [{"Nats-Msg-Id"}] * 2
+
+
+def _alembic(dsn: str, *, to: str, down: bool = False) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.attributes["url"] = migrations.sqlalchemy_url(dsn)
+    (command.downgrade if down else command.upgrade)(config, to)
+
+
+def test_an_existing_database_upgrades_and_its_waiting_rows_stay_untraced(urls):
+    # A database at 0003 with one outbox row still waiting for the relay.
+    name = f"lk_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(urls.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    dsn = urls.postgres_dsn.rsplit("/", 1)[0] + "/" + name
+    _alembic(dsn, to="0003")
+    event_id = str(uuid.uuid4())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO outbox (revision, idx, event_id, subject, payload) VALUES (1, 0, %s, %s, %s)",
+                     (event_id, "latchkey.permissions.test", b"x"))
+    # `latchkey migrate` (upgrade to head): the row is kept, with no trace.
+    migrations.upgrade({"LATCHKEY_POSTGRES_DSN": dsn})
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT event_id::text, traceparent FROM outbox").fetchall() == [(event_id, None)]
+    # And back: the column goes, the row stays.
+    _alembic(dsn, to="0003", down=True)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT event_id::text FROM outbox").fetchall() == [(event_id,)]
+        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'outbox' "
+                            "AND column_name = 'traceparent'").fetchone() == (0,)
