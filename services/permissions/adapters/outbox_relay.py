@@ -16,6 +16,9 @@
   back within `ACK_WAIT_SECONDS` counts as a dead connection.
   Rows are never relayed by "id > last seen" (see CONVENTIONS.md): the table
   itself is the queue, so a late commit can never be skipped.
+- Tracing on: a row that kept its write's `traceparent` is published under a
+  producer span child of it, and the message carries the span's `traceparent`
+  header (docs/tracing.md). Off, the round is what it always was.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import logging
 import psycopg
 from prometheus_client import Gauge, Histogram
 
-from latchkit import bus
+from latchkit import bus, tracing
 from latchkit.bus import BusSettings, connect, ensure_streams
 from latchkit.retry import Backoff, retry_forever
 from services.permissions.adapters.postgres import NOTIFY_CHANNEL
@@ -108,15 +111,19 @@ class OutboxRelay:
 
     async def publish_round(self, conn: psycopg.AsyncConnection, js) -> int:
         rows = await (await conn.execute(
-            "SELECT revision, idx, event_id::text, subject, payload, create_time FROM outbox "
+            "SELECT revision, idx, event_id::text, subject, payload, create_time, traceparent FROM outbox "
             "ORDER BY revision, idx LIMIT %s", (self.batch,))).fetchall()
         if not rows:
             BACKLOG.set(0)
             return 0
         # Pipelined: all sent on one connection in order (JetStream stores them in
         # that order); acks awaited in order, and only an acked prefix is deleted.
-        futures = [await js.publish_async(subject, bytes(payload), headers={"Nats-Msg-Id": event_id})
-                   for _, _, event_id, subject, payload, _ in rows]
+        if tracing.ENABLED:
+            futures = [await _publish_traced(js, subject, bytes(payload), event_id, traceparent)
+                       for _, _, event_id, subject, payload, _, traceparent in rows]
+        else:
+            futures = [await js.publish_async(subject, bytes(payload), headers={"Nats-Msg-Id": event_id})
+                       for _, _, event_id, subject, payload, _, _ in rows]
         acked = 0
         error: Exception | None = None
         for future in futures:
@@ -142,3 +149,18 @@ class OutboxRelay:
         if error is not None:
             raise error
         return acked
+
+
+async def _publish_traced(js, subject: str, payload: bytes, event_id: str, traceparent: str | None):
+    """Send one row (tracing on): in the write's trace when the row kept one, as before when not.
+
+    The producer span is a child of the write's span (the row's `traceparent`) and
+    covers the send; the message's `traceparent` header names the span, so the
+    consumers continue the same trace. The ack is awaited after the span, with the
+    rest of the round (the publishes are pipelined).
+    """
+    headers = {"Nats-Msg-Id": event_id}
+    if traceparent is None:
+        return await js.publish_async(subject, payload, headers=headers)
+    with bus.publish_span(subject, headers, traceparent=traceparent) as traced:
+        return await js.publish_async(subject, payload, headers=traced)

@@ -6,7 +6,9 @@ at a time: revisions are contiguous, grow in commit order, and everything a
 write reads is the latest committed state (no write skew is possible). At
 commit the events go to `outbox` in the same transaction, in one statement
 with the NOTIFY that wakes the relay, sent together with the COMMIT. A
-rolled-back write leaves no revision, row or event behind.
+rolled-back write leaves no revision, row or event behind. With tracing on,
+each outbox row keeps the W3C `traceparent` of the span current at commit
+(the RPC's server span), so the relay publishes it in the write's trace.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from psycopg.rows import dict_row
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from latchkit import envelope
+from latchkit import envelope, tracing
 from latchkit.errors import FailedPrecondition, Unavailable
 from latchkit.identity import actor
 from services.permissions.adapters.postgres_store import (
@@ -39,9 +41,11 @@ NOTIFY_CHANNEL = "latchkey_outbox"
 BEGIN_AND_TAKE_REVISION = (
     "BEGIN; UPDATE revision_counter SET revision = revision + 1 WHERE id = 1 RETURNING revision")
 # The events and the relay's wake-up in one statement (a data-modifying CTE always runs).
+# Every row of the transaction keeps the write's trace (one parameter, NULL when tracing is off).
 OUTBOX_INSERT = (
-    "WITH written AS (INSERT INTO outbox (revision, idx, event_id, subject, payload) "
-    "SELECT :revision, i, e, s, p FROM unnest(CAST(:idx AS integer[]), CAST(:event_ids AS uuid[]), "
+    "WITH written AS (INSERT INTO outbox (revision, idx, event_id, subject, payload, traceparent) "
+    "SELECT :revision, i, e, s, p, CAST(:traceparent AS text) "
+    "FROM unnest(CAST(:idx AS integer[]), CAST(:event_ids AS uuid[]), "
     "CAST(:subjects AS text[]), CAST(:payloads AS bytea[])) AS t(i, e, s, p) RETURNING 1) "
     f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
 )
@@ -127,7 +131,7 @@ class PostgresUnitOfWork:
         async with psycopg.AsyncClientCursor(self.conn) as cur:
             await cur.execute(_pyformat(OUTBOX_INSERT) + "; COMMIT", {
                 "revision": self.revision, "idx": idx, "event_ids": event_ids, "subjects": subjects,
-                "payloads": payloads})
+                "payloads": payloads, "traceparent": tracing.current_traceparent()})
 
 
 @contextlib.contextmanager
