@@ -162,7 +162,19 @@ class UnlockService:
             await self._durable(self.decisions.recorded_so_far(), time_remaining, started)
             return access_pb2.UnlockResponse.FromString(earlier)
 
-        local, revision, deadline, decided = await self._revision(request, time_remaining)
+        min_revision = request.min_revision
+        floor = self.startup_floor.revision if self.startup_floor is not None else 0
+        if floor > min_revision:
+            # Until this process's view has reached what the bus held when it started, an answer
+            # could predate a revoke acknowledged while it was down (startup_floor.py).
+            min_revision = floor
+        local = self.local
+        if local is not None and local.answers_at(min_revision):
+            # The per-process cache has applied everything the view has (and min_revision).
+            revision, deadline, decided = local.watermark, None, None
+        else:
+            local = None
+            revision, deadline, decided = await self._view_revision(request, min_revision, time_remaining)
         # The two throttles are separate maps: a door id and a credential key never meet.
         cred_k = cred_key(kind, secret_hash) if secret_hash else ""
         if decided is None and (self.door_throttle.throttled(door_id)
@@ -232,22 +244,13 @@ class UnlockService:
             raise PermissionDenied(f"this certificate may not open door {door_id[:64]}")
         return kind, secret_hash
 
-    async def _revision(self, request: access_pb2.UnlockRequest, time_remaining: float | None):
-        """(the per-process cache if it may answer, else None; the revision the answer claims;
-        the lookups' deadline if already taken; a decision already made: the view down or stale).
+    async def _view_revision(self, request: access_pb2.UnlockRequest, min_revision: int,
+                             time_remaining: float | None) -> tuple[int, float | None, Decision | None]:
+        """(the view's revision the answer claims; the lookups' deadline; a decision already
+        made: the view down, or short of `min_revision` after the bounded wait).
 
         Raises UNAVAILABLE when the request asks for a revision the view cannot be shown to have.
         """
-        min_revision = request.min_revision
-        floor = self.startup_floor.revision if self.startup_floor is not None else 0
-        if floor > min_revision:
-            # Until this process's view has reached what the bus held when it started, an answer
-            # could predate a revoke acknowledged while it was down (startup_floor.py).
-            min_revision = floor
-        local = self.local
-        if local is not None and local.answers_at(min_revision):
-            # The per-process cache has applied everything the view has (and min_revision).
-            return local, local.watermark, None, None
         deadline = lookups_deadline(time_remaining)
         decided = None
         try:
@@ -275,7 +278,7 @@ class UnlockService:
                                   "retry shortly") from exc
             if decided is None and revision < min_revision:
                 decided = Decision(DENIED, Reason.STALE_VIEW, request.user_id)
-        return None, revision, deadline, decided
+        return revision, deadline, decided
 
     def _count_denial(self, principal: Principal | None, door_id: str, cred_k: str, decided: Decision) -> None:
         """A denial on the rules counts against the door and the credential; past a limit, an alarm."""
