@@ -17,7 +17,7 @@ from services.access.domain import DenialThrottle
 from services.access.freshness import FreshnessProver, PolledFreshness
 from services.access.grpc_api import AccessServicer
 from services.access.local_cache import LocalCache, PolledWatermark
-from services.access.ports import UnlockView
+from services.access.ports import UnlockCache, UnlockView
 from services.access.projector import Projector
 from services.access.service import UnlockService
 from services.access.settings import AccessSettings
@@ -38,7 +38,7 @@ def build_view(settings: AccessSettings) -> UnlockView:
 class AccessApp:
     settings: AccessSettings
     view: UnlockView
-    cache: RedisUnlockCache
+    cache: UnlockCache
     decisions: DecisionPublisher
     projector: Projector | None
     service: UnlockService

@@ -1,6 +1,6 @@
 """Unlock decisions leave the response path and reach JetStream, in order, without loss.
 
-`record` only appends to an in-memory queue (microseconds); Unlock's
+`record` only appends to an in-memory queue (no I/O); Unlock's
 `record_deferred` does not even encode its event, the publisher (or the
 spiller) does, many at a time, off the response path. The publisher
 sends queued events to the DECISIONS stream in pipelined batches: what is
@@ -50,7 +50,7 @@ from prometheus_client import Gauge
 from latchkit import bus, envelope
 from latchkit.bus import BusSettings, connect, ensure_streams
 from latchkit.retry import Backoff, retry_forever
-from services.access.adapters.sqlite_spool import SqliteDecisionSpool
+from services.access.ports import DecisionSpool
 
 log = logging.getLogger("latchkey.access.decisions")
 Row = tuple[str, str, "bytes | tuple[Callable[..., bytes], tuple]"]
@@ -84,7 +84,7 @@ async def wait_durable(group: asyncio.Future | None, deadline: float | None) -> 
 
 
 class DecisionPublisher:
-    def __init__(self, spool: SqliteDecisionSpool, bus: BusSettings, *, durability: str = "acked",
+    def __init__(self, spool: DecisionSpool, bus: BusSettings, *, durability: str = "acked",
                  spill_after: float = 0.1, batch: int = 512, per_message: int = 256, linger: float = 0.02) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability {durability!r}: use acked or async")
@@ -184,7 +184,7 @@ class DecisionPublisher:
             await asyncio.sleep(self.spill_after / 2)  # the spill period, not a synchronisation
             try:
                 await self.spill()
-            except Exception as exc:  # noqa: BLE001 - keep the events in memory and retry
+            except Exception as exc:  # whatever failed: keep the events in memory and retry
                 log.error("decision spool write failed", extra={"error": repr(exc)})
 
     async def run_publisher(self) -> None:
@@ -238,7 +238,7 @@ class DecisionPublisher:
         try:
             for subject, payload, msg_id, events in self._messages(rows):
                 futures.append((await js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id}), events))
-        except Exception as exc:  # noqa: BLE001 - connection gone: nothing after this was sent
+        except Exception as exc:  # the connection is gone: nothing after this was sent
             for future, _ in futures:
                 future.cancel()
             return 0, exc
@@ -249,7 +249,7 @@ class DecisionPublisher:
                 for future, events in futures:
                     await future
                     acked += events
-        except Exception as exc:  # noqa: BLE001 - keep order: stop at the first failure
+        except Exception as exc:  # keep order: stop at the first failure, whatever it is
             for rest, _ in futures:
                 rest.cancel()  # a no-op on those already acknowledged
             return acked, exc
@@ -297,7 +297,7 @@ class DecisionPublisher:
         if self._pending and not self._spooled:
             try:
                 await asyncio.wait_for(self._flush(), timeout=flush_seconds)
-            except Exception as exc:  # noqa: BLE001 - NATS away: the spool keeps them
+            except Exception as exc:  # NATS away (or anything else): the spool keeps them
                 log.warning("could not send the last decisions; spooling them", extra={"error": repr(exc)})
         await self.spill(everything=True)
         await self.spool.close()

@@ -1,10 +1,15 @@
-"""Access-side rules with no I/O: the denial throttle and the request-id replay memory."""
+"""Access-side rules with no I/O: the denial throttle, the request-id replay memory, cache keys."""
 
 from __future__ import annotations
 
 import collections
 import time
 from dataclasses import dataclass, field
+
+
+def cred_key(kind: int, secret_hash: bytes) -> str:
+    """The key of a credential in the unlock caches (Redis and the per-process one)."""
+    return f"{kind}:{secret_hash.hex()}"
 
 
 @dataclass

@@ -66,7 +66,7 @@ class FreshnessProver:
                     try:
                         await self.view.record_fresh(asked)
                         unrecorded = False
-                    except Exception as exc:  # noqa: BLE001 - the other processes keep their doors shut
+                    except Exception as exc:  # the other processes keep their doors shut
                         if not unrecorded:
                             log.warning("cannot record the view's freshness; other processes' fail-closed "
                                         "doors stay shut", extra={"error": repr(exc)})
@@ -92,6 +92,6 @@ class PolledFreshness:
             bus.raise_if_cancelled()
             try:
                 self.value = await self.read()
-            except Exception as exc:  # noqa: BLE001 - the last proof only ages: doors close, not open
+            except Exception as exc:  # the last proof only ages: doors close, not open
                 log.debug("view freshness unreadable", extra={"error": repr(exc)})
             await asyncio.sleep(self.period)  # the polling period, not a synchronisation

@@ -47,7 +47,7 @@ from latchkit.bus import (
     ensure_streams,
 )
 from latchkit.retry import Backoff, retry_forever
-from services.access.adapters.redis_cache import cred_key
+from services.access.domain import cred_key
 from services.access.ports import CredentialRow, PairRow
 from services.access.projector import advance, to_rows
 
@@ -206,7 +206,7 @@ class LocalCache:
                         self.start(env.revision - 1 if env.revision_event_index == 0 else env.revision)
                     self.apply(env)
                     backoff.reset()  # a successful round: a later failure starts a new outage
-                except Exception as exc:  # noqa: BLE001 - stop answering from a cache we cannot keep
+                except Exception as exc:  # any failure: stop answering from a cache we cannot keep
                     failed.append(exc)
                     if not closed.done():
                         closed.set_result(None)
@@ -249,6 +249,6 @@ class PolledWatermark:
         while True:
             try:
                 self.value = await self.read()
-            except Exception as exc:  # noqa: BLE001 - keep the last value; the cache rule stays safe
+            except Exception as exc:  # any failure: keep the last value; the cache rule stays safe
                 log.debug("view watermark unreadable", extra={"error": repr(exc)})
             await asyncio.sleep(self.period)  # the polling period, not a synchronisation

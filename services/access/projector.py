@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 
+from latchkey.events.v1 import events_pb2 as ev
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge
@@ -39,9 +40,14 @@ from latchkit.bus import (
     ensure_streams,
 )
 from latchkit.retry import Backoff, retry_forever
-from services.access.adapters.redis_cache import RedisUnlockCache
-from services.access.adapters.sqlite_redis_backlog import SqliteRedisBacklog
-from services.access.ports import CredentialRow, PairRow, UnlockView, ViewBatch
+from services.access.ports import (
+    CredentialRow,
+    PairRow,
+    RedisBacklog,
+    UnlockCache,
+    UnlockView,
+    ViewBatch,
+)
 from services.access.projector_watchdog import BrokerProgress, StallClock, end_task, stack_of
 
 log = logging.getLogger("latchkey.access.projector")
@@ -80,13 +86,13 @@ def to_rows(env) -> tuple[list[PairRow], list[CredentialRow]]:
                         a.SerializeToString() if a.rules else b"")], []
     if kind == "credential_changed":
         c = env.credential_changed
-        revoked = c.deleted or c.state != 1
+        revoked = c.deleted or c.state != ev.CREDENTIAL_STATE_ACTIVE
         return [], [CredentialRow(c.credential_id, c.user_id, c.kind, c.secret_hash, revoked, env.aggregate_version)]
     return [], []
 
 
 class Projector:
-    def __init__(self, view: UnlockView, cache: RedisUnlockCache, bus: BusSettings, backlog: SqliteRedisBacklog,
+    def __init__(self, view: UnlockView, cache: UnlockCache, bus: BusSettings, backlog: RedisBacklog,
                  *, batch: int = 256, instance: str = "local", lease_seconds: float = 1.0,
                  stall_seconds: float = 10.0, watch_period: float = 1.0) -> None:
         # One durable consumer per instance: each instance applies the whole stream
@@ -254,7 +260,7 @@ class Projector:
             if self._redis_complete:
                 try:
                     await self.cache.write(batch.pairs, batch.credentials)
-                except Exception as exc:  # noqa: BLE001 - Redis is a cache: the view goes on
+                except Exception as exc:  # any failure: Redis is a cache, the view goes on
                     log.warning("redis write-through failed; Redis is not trusted until it has caught up",
                                 extra={"error": repr(exc)})
                     self._redis_complete = False
@@ -277,7 +283,7 @@ class Projector:
                 if failing:
                     log.info("redis is current again; workers trust it")
                 failing = False
-            except Exception as exc:  # noqa: BLE001 - Redis away: workers read the view meanwhile
+            except Exception as exc:  # any failure: workers read the view meanwhile
                 if not failing:
                     log.warning("cannot renew the redis lease; workers read the view", extra={"error": repr(exc)})
                 failing = True

@@ -77,7 +77,7 @@ class BrokerProgress:
             return await self._nc.jetstream().consumer_info(self.stream, self.consumer, timeout=limit)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - no answer: no verdict
+        except Exception as exc:  # no answer: no verdict
             log.debug("consumer info unavailable", extra={"error": repr(exc)})
             return None
 

@@ -14,6 +14,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
@@ -24,26 +25,27 @@ from latchkit.access_rules import Reason, decide
 from latchkit.authz import may_unlock
 from latchkit.errors import InvalidArgument, PermissionDenied, Unavailable
 from latchkit.identity import Principal
-from services.access.adapters.redis_cache import RedisUnlockCache, cred_key
 from services.access.decisions import DecisionNotDurable, DecisionPublisher, wait_durable
-from services.access.domain import DenialThrottle, ReplayMemory
-from services.access.local_cache import MISS, LocalCache
-from services.access.ports import CredentialRow, PairRow, UnlockView
+from services.access.domain import DenialThrottle, ReplayMemory, cred_key
+from services.access.local_cache import LocalCache
+from services.access.lookup import (
+    ANSWER_MARGIN_SECONDS,
+    DENIED,
+    GRANTED,
+    Decision,
+    UnlockLookup,
+    lookups_deadline,
+)
+from services.access.ports import PairRow, UnlockCache, UnlockView
 from services.access.projector import Projector
 from services.access.startup_floor import UNKNOWN as FLOOR_UNKNOWN
 from services.access.startup_floor import StartupFloor
 
 log = logging.getLogger("latchkey.access.unlock")
-GRANTED, DENIED = ev.DECISION_GRANTED, ev.DECISION_DENIED
-SECRET_LIMITS = {1: (4, 64), 2: (4, 12), 3: (16, 256)}
+SECRET_LIMITS = {ev.CREDENTIAL_KIND_CARD: (4, 64), ev.CREDENTIAL_KIND_PIN: (4, 12), ev.CREDENTIAL_KIND_MOBILE: (16, 256)}
+"""Each credential kind's secret length (characters): fewest, most."""
 
 
-# Plain prometheus Counters: with several access workers, prometheus_client's multiprocess
-# mode adds every worker's counts on the one metrics endpoint, which a custom collector
-# (the per-process tally this replaced) cannot join. About a microsecond a call.
-ANSWERED_FROM = Counter("latchkey_access_unlock_answered_from", "Where Unlock found the rules it decided on",
-                        ["source"])
-FROM_MEMORY, FROM_REDIS, FROM_VIEW = (ANSWERED_FROM.labels(s) for s in ("memory", "redis", "view"))
 DECISIONS = Counter("latchkey_access_unlock_decisions", "Unlock answers by decision and reason",
                     ["decision", "reason"])
 
@@ -53,24 +55,11 @@ def _decided(decision: int, reason: int):
     """The DECISIONS child for one (decision, reason): labels looked up once, not per call."""
     return DECISIONS.labels(ev.Decision.Name(decision).removeprefix("DECISION_"),
                             ev.DecisionReason.Name(reason).removeprefix("DECISION_REASON_"))
+
+
 UNLOCK_DECIDED = envelope.PAYLOAD_TYPES["unlock_decided"]
-REDIS_PAUSE_SECONDS = 1.0
-"""After a failed Redis call, Unlock leaves Redis alone this long: a hung Redis costs one
-call its socket timeout (0.25 s), not every call."""
-REDIS_MIN_BUDGET_SECONDS = 0.01
-"""Unlock asks Redis only with at least this much of its lookup budget left: a healthy Redis
-answers in well under a millisecond, so running out of a larger budget means Redis is slow
-(and pauses it); a smaller one is the caller's short deadline, not Redis' fault."""
-ANSWER_MARGIN_SECONDS = 0.05
-"""What Unlock keeps of the caller's deadline to send its answer: lookups (Redis, the view)
-stop this long before it, and the answer is then a DENY with reason UNAVAILABLE, which
-reaches the door (and the audit log) instead of a DEADLINE_EXCEEDED nobody records."""
-
-
 DURABLE_WAIT_SECONDS = 5.0
 """How long Unlock waits for its decision to be durable when the call has no deadline (tests)."""
-
-
 MIN_REVISION_RESERVE_SECONDS = 2 * ANSWER_MARGIN_SECONDS
 """What a `min_revision` wait leaves of the caller's deadline: time to record the decision
 (durably, before answering) and to send the answer."""
@@ -78,13 +67,6 @@ MIN_REVISION_RESERVE_SECONDS = 2 * ANSWER_MARGIN_SECONDS
 
 def _never_shown() -> float | None:
     return None
-
-
-def _lookups_deadline(time_remaining: float | None) -> float | None:
-    """When Unlock's lookups must end (event loop time) to answer within the caller's deadline."""
-    if time_remaining is None:
-        return None
-    return asyncio.get_running_loop().time() + max(time_remaining - ANSWER_MARGIN_SECONDS, 0.0)
 
 
 def check_id(value: str, field: str) -> None:
@@ -95,8 +77,30 @@ def check_id(value: str, field: str) -> None:
         raise InvalidArgument(field, "must be at most 64 printable characters")
 
 
+class DecisionRecord(NamedTuple):
+    """One Unlock decision as its `UnlockDecided` event carries it: the arguments of
+    `encode_decision`, in order. A tuple with names, because the publisher encodes later
+    from an argument tuple (`record_deferred`): no copy into one is needed."""
+
+    decision_id: str
+    actor: str
+    door_id: str
+    user_id: str
+    credential_id: str
+    request_id: str
+    decision: int
+    reason: int
+    revision: int
+    """The view's revision the decision was made from."""
+    server_seconds: int
+    server_nanos: int
+    latency_ns: int
+    controller: tuple[int, int] | None
+    """The controller's clock (seconds, nanos), if it sent it."""
+
+
 class UnlockService:
-    def __init__(self, view: UnlockView, cache: RedisUnlockCache, decisions: DecisionPublisher,
+    def __init__(self, view: UnlockView, cache: UnlockCache, decisions: DecisionPublisher,
                  hmac_key: bytes, *, projector: Projector | None, min_revision_wait: float,
                  credential_throttle: DenialThrottle, door_throttle: DenialThrottle,
                  local: LocalCache | None = None, startup_floor: StartupFloor | None = None,
@@ -108,6 +112,7 @@ class UnlockService:
         self.startup_floor = startup_floor
         self.local = local
         self.cache = cache
+        self.lookup = UnlockLookup(view, cache, local, self._verdict)
         self.decisions = decisions
         self.hasher = secrets.SecretHasher(hmac_key)
         self.projector = projector
@@ -117,8 +122,6 @@ class UnlockService:
         self.replays = ReplayMemory()
         self._decoded: dict[tuple[str, str, int], object] = {}
         self._ids = ids.Sequence()
-        self._background: set[asyncio.Task] = set()
-        self._redis_paused_until = 0.0
 
     # ---- revisions ----------------------------------------------------------------
     async def applied_revision(self) -> int:
@@ -144,15 +147,78 @@ class UnlockService:
         return applied
 
     # ---- unlock ---------------------------------------------------------------------
-    def _fire(self, coro) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def unlock(self, principal: Principal | None, request, time_remaining: float | None):
+    async def unlock(self, principal: Principal | None, request: access_pb2.UnlockRequest,
+                     time_remaining: float | None) -> access_pb2.UnlockResponse:
+        """Validate; replay a known request id; the revision to answer at; the throttles; the
+        lookups (lookup.py) and the verdict; record the decision, durably; answer."""
         # The hot path: fields are read once into locals (each protobuf attribute read is a call).
         started = time.perf_counter_ns()
         door_id, request_id = request.door_id, request.request_id
+        kind, secret_hash = self._validate(principal, request, door_id, request_id)
+
+        earlier = self.replays.get(door_id, request_id)
+        if earlier is not None:
+            # The first call may still be waiting for its decision to be durable.
+            await self._durable(self.decisions.recorded_so_far(), time_remaining, started)
+            return access_pb2.UnlockResponse.FromString(earlier)
+
+        min_revision = request.min_revision
+        floor = self.startup_floor.revision if self.startup_floor is not None else 0
+        if floor > min_revision:
+            # Until this process's view has reached what the bus held when it started, an answer
+            # could predate a revoke acknowledged while it was down (startup_floor.py).
+            min_revision = floor
+        local = self.local
+        if local is not None and local.answers_at(min_revision):
+            # The per-process cache has applied everything the view has (and min_revision).
+            revision, deadline, decided = local.watermark, None, None
+        else:
+            local = None
+            revision, deadline, decided = await self._view_revision(request, min_revision, time_remaining)
+        # The two throttles are separate maps: a door id and a credential key never meet.
+        cred_k = cred_key(kind, secret_hash) if secret_hash else ""
+        if decided is None and (self.door_throttle.throttled(door_id)
+                                or (cred_k and self.credential_throttle.throttled(cred_k))):
+            decided = Decision(DENIED, Reason.RATE_LIMITED, request.user_id)
+        if decided is None:
+            lookup = self.lookup
+            hit = lookup.in_memory(local, door_id, request.user_id, cred_k) if local is not None else None
+            if deadline is None:
+                deadline = lookups_deadline(time_remaining)
+            decided = await lookup.decide(request, cred_k, secret_hash, local, hit, deadline)
+            if type(decided) is bytes:  # another process answered this request id first
+                self.replays.put(door_id, request_id, decided)
+                return access_pb2.UnlockResponse.FromString(decided)
+
+        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+        decision_id = self._ids.next()
+        decision, reason, user_id = decided.decision, decided.reason, decided.user_id
+        response = access_pb2.UnlockResponse(decision=decision, reason=reason, decision_id=decision_id,
+                                             view_revision=revision, user_id=user_id)
+        server_time = response.server_time  # set in place: no Timestamp built and copied in
+        server_time.seconds, server_time.nanos = seconds, nanos
+        answer = response.SerializeToString()
+        self.replays.put(door_id, request_id, answer)
+        if decision == DENIED and reason not in (Reason.RATE_LIMITED, Reason.UNAVAILABLE, Reason.STALE_VIEW):
+            self._count_denial(principal, door_id, cred_k, decided)
+        credential = decided.credential
+        controller = None
+        if request.HasField("controller_time"):
+            t = request.controller_time
+            controller = (t.seconds, t.nanos)
+        durable = self._record(DecisionRecord(
+            decision_id, principal.uri if principal else "", door_id, user_id,
+            credential.credential_id if credential is not None else "", request_id, int(decision), int(reason),
+            revision, seconds, nanos, time.perf_counter_ns() - started, controller))
+        if durable is not None:
+            await self._durable(durable, time_remaining, started)
+        # Only a durable answer is shared with the other processes (Redis) for retries.
+        self.lookup.remember(door_id, request_id, answer)
+        return response
+
+    def _validate(self, principal: Principal | None, request: access_pb2.UnlockRequest, door_id: str,
+                  request_id: str) -> tuple[int, bytes]:
+        """The request's fields and the caller's right to this door; (kind, secret hash) of its credential."""
         check_id(door_id, "door_id")
         # Required: a controller's retry must be recognisable as one (not a second decision).
         check_id(request_id, "request_id")
@@ -176,36 +242,25 @@ class UnlockService:
             self._alarm(principal, "WRONG_DOOR_IDENTITY", door_id,
                         f"{principal.uri if principal else 'unknown'} asked to open door {door_id}")
             raise PermissionDenied(f"this certificate may not open door {door_id[:64]}")
+        return kind, secret_hash
 
-        earlier = self.replays.get(door_id, request_id)
-        if earlier is not None:
-            # The first call may still be waiting for its decision to be durable.
-            await self._durable(self.decisions.recorded_so_far(), time_remaining, started)
-            return access_pb2.UnlockResponse.FromString(earlier)
+    async def _view_revision(self, request: access_pb2.UnlockRequest, min_revision: int,
+                             time_remaining: float | None) -> tuple[int, float | None, Decision | None]:
+        """(the view's revision the answer claims; the lookups' deadline; a decision already
+        made: the view down, or short of `min_revision` after the bounded wait).
 
-        min_revision = request.min_revision
-        floor = self.startup_floor.revision if self.startup_floor is not None else 0
-        if floor > min_revision:
-            # Until this process's view has reached what the bus held when it started, an answer
-            # could predate a revoke acknowledged while it was down (startup_floor.py).
-            min_revision = floor
-        local = self.local
-        deadline = view_down = None
-        if local is not None and local.answers_at(min_revision):
-            # The per-process cache has applied everything the view has (and min_revision).
-            revision = local.watermark
-        else:
-            local = None
-            deadline = _lookups_deadline(time_remaining)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    revision = await self.applied_revision()
-            except Exception as exc:  # noqa: BLE001 - the view is down (or too slow): deny, below
-                log.error("unlock view unavailable", extra={"error": repr(exc)})
-                view_down, revision = exc, 0
-                if request.min_revision:
-                    raise Unavailable("the view is unavailable; retry shortly") from exc
-        stale = False
+        Raises UNAVAILABLE when the request asks for a revision the view cannot be shown to have.
+        """
+        deadline = lookups_deadline(time_remaining)
+        decided = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                revision = await self.applied_revision()
+        except Exception as exc:  # the view is down or too slow, whatever the error: deny
+            log.error("unlock view unavailable", extra={"error": repr(exc)})
+            if request.min_revision:
+                raise Unavailable("the view is unavailable; retry shortly") from exc
+            revision, decided = 0, Decision(DENIED, Reason.UNAVAILABLE, request.user_id)
         if min_revision > revision:
             # At most min_revision_wait, and never so long that the decision cannot be recorded
             # and answered within the caller's deadline: a view that does not get there in time
@@ -218,54 +273,21 @@ class UnlockService:
                     revision = await self.wait_for_revision(min_revision, wait)
             except TimeoutError:
                 pass  # the view's watermark did not answer in time: it is still where it was
-            except Exception as exc:  # noqa: BLE001 - the view failed while we waited
+            except Exception as exc:  # the view failed while we waited, whatever the error
                 raise Unavailable(f"the view is unavailable; min_revision {min_revision} cannot be shown, "
                                   "retry shortly") from exc
-            stale = revision < min_revision
+            if decided is None and revision < min_revision:
+                decided = Decision(DENIED, Reason.STALE_VIEW, request.user_id)
+        return revision, deadline, decided
 
-        # The two throttles are separate maps: a door id and a credential key never meet.
-        cred_k = cred_key(kind, secret_hash) if secret_hash else ""
-        earlier = None
-        if view_down is not None:
-            credential, user_id = None, request.user_id
-            decision, reason = DENIED, Reason.UNAVAILABLE
-        elif stale:
-            credential, user_id = None, request.user_id
-            decision, reason = DENIED, Reason.STALE_VIEW
-        elif self.door_throttle.throttled(door_id) or (cred_k and self.credential_throttle.throttled(cred_k)):
-            credential, user_id = None, request.user_id
-            decision, reason = DENIED, Reason.RATE_LIMITED
-        else:
-            hit = self._decide_in_memory(local, request, cred_k) if local is not None else None
-            if deadline is None:
-                deadline = _lookups_deadline(time_remaining)
-            earlier, decision, reason, credential, user_id = await self._decide(request, cred_k, secret_hash,
-                                                                                 local, hit, deadline)
-        if earlier is not None:
-            self.replays.put(door_id, request_id, earlier)
-            return access_pb2.UnlockResponse.FromString(earlier)
-
-        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
-        decision_id = self._ids.next()
-        response = access_pb2.UnlockResponse(decision=decision, reason=reason, decision_id=decision_id,
-                                             view_revision=revision, user_id=user_id)
-        server_time = response.server_time  # set in place: no Timestamp built and copied in
-        server_time.seconds, server_time.nanos = seconds, nanos
-        answer = response.SerializeToString()
-        self.replays.put(door_id, request_id, answer)
-        if decision == DENIED and reason not in (Reason.RATE_LIMITED, Reason.UNAVAILABLE, Reason.STALE_VIEW):
-            if self.door_throttle.deny(door_id):
-                self._alarm(principal, "DOOR_DENIALS_THROTTLED", door_id, "repeated denials at this door")
-            if cred_k and self.credential_throttle.deny(cred_k):
-                self._alarm(principal, "CREDENTIAL_DENIALS_THROTTLED", door_id,
-                            "repeated denials of one credential", credential.credential_id if credential else "")
-        durable = self._record(principal, request, door_id, request_id, decision_id, user_id, credential, decision,
-                               reason, revision, seconds, nanos, time.perf_counter_ns() - started)
-        if durable is not None:
-            await self._durable(durable, time_remaining, started)
-        # Only a durable answer is shared with the other processes (Redis) for retries.
-        self._fire(self._remember(door_id, request_id, answer))
-        return response
+    def _count_denial(self, principal: Principal | None, door_id: str, cred_k: str, decided: Decision) -> None:
+        """A denial on the rules counts against the door and the credential; past a limit, an alarm."""
+        if self.door_throttle.deny(door_id):
+            self._alarm(principal, "DOOR_DENIALS_THROTTLED", door_id, "repeated denials at this door")
+        if cred_k and self.credential_throttle.deny(cred_k):
+            credential = decided.credential
+            self._alarm(principal, "CREDENTIAL_DENIALS_THROTTLED", door_id,
+                        "repeated denials of one credential", credential.credential_id if credential else "")
 
     async def _durable(self, group, time_remaining: float | None, started_ns: int) -> None:
         """Wait until the decision (`group`, from the publisher) is durable, or refuse to answer.
@@ -280,150 +302,13 @@ class UnlockService:
         elapsed = (time.perf_counter_ns() - started_ns) / 1e9
         remaining = (time_remaining if time_remaining is not None else DURABLE_WAIT_SECONDS) - elapsed
         try:
-            await wait_durable(group, _lookups_deadline(remaining))
+            await wait_durable(group, lookups_deadline(remaining))
         except DecisionNotDurable as exc:
             raise Unavailable("the decision could not be recorded in time; retry shortly") from exc
 
-    async def _remember(self, door_id: str, request_id: str, answer: bytes) -> None:
-        if not self._redis_usable():
-            return
-        try:
-            await self.cache.remember_answer(door_id, request_id, answer)
-        except Exception as exc:  # noqa: BLE001 - the in-process memory still has it
-            self._redis_failed(exc)
-
-    async def _to_redis(self, write) -> None:
-        """A background write to Redis (a fill): a failure pauses Redis use, it is not lost in a task."""
-        try:
-            await write
-        except Exception as exc:  # noqa: BLE001 - a cache fill is best effort
-            self._redis_failed(exc)
-
-    def _redis_usable(self) -> bool:
-        return time.monotonic() >= self._redis_paused_until
-
-    def _redis_in_time(self, deadline: float | None) -> bool:
-        """Redis is not paused, and the lookups' budget leaves it time to answer."""
-        if deadline is not None and deadline - asyncio.get_running_loop().time() < REDIS_MIN_BUDGET_SECONDS:
-            return False
-        return self._redis_usable()
-
-    def _redis_failed(self, exc: Exception) -> None:
-        if self._redis_usable():
-            log.warning("redis call failed; unlock answers without it for a while",
-                        extra={"error": repr(exc), "seconds": REDIS_PAUSE_SECONDS})
-        self._redis_paused_until = time.monotonic() + REDIS_PAUSE_SECONDS
-
-    def _decide_in_memory(self, local: LocalCache, request, cred_k: str):
-        """(decision, reason, credential, user_id) from the per-process cache, or None on a miss."""
-        credential, user_id = None, request.user_id
-        if cred_k:
-            credential = local.credential(cred_k)
-            if credential is MISS:
-                return None
-            if credential is None:
-                return DENIED, Reason.UNKNOWN_CREDENTIAL, None, ""
-            user_id = credential.user_id
-            if credential.revoked:
-                return DENIED, Reason.CREDENTIAL_REVOKED, credential, user_id
-        pair = local.pair(request.door_id, user_id)
-        if pair is MISS:
-            return None
-        if pair is None or not pair.payload:
-            return DENIED, Reason.NO_GRANT, credential, user_id
-        decision, reason = self._verdict(pair)
-        return decision, reason, credential, user_id
-
-    async def _decide(self, request, cred_k: str, secret_hash: bytes, local: LocalCache | None, hit,
-                      deadline: float | None):
-        """(earlier answer, decision, reason, credential, user_id); `hit`: the per-process cache's answer.
-
-        Its lookups (Redis, the view) end at `deadline` (event loop time; None: no limit).
-        """
-        door_id = request.door_id
-        if local is not None:
-            if hit is not None:
-                if self._redis_in_time(deadline):
-                    # Another process may have answered this request_id: its answer stands.
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            earlier = await self.cache.earlier_answer(door_id, request.request_id)
-                    except Exception as exc:  # noqa: BLE001 - best effort, as on the Redis path
-                        self._redis_failed(exc)
-                        earlier = None
-                    if earlier is not None:
-                        return earlier, None, None, None, ""
-                FROM_MEMORY.inc()
-                return None, *hit
-        ticket = self.local.fill_ticket() if self.local is not None else None
-        epoch = local.epoch if local is not None else 0
-        credential: CredentialRow | None = None
-        pair: PairRow | None = None
-        user_id = request.user_id
-        c = p = None
-        redis_ok = False
-        if self._redis_in_time(deadline):
-            try:
-                async with asyncio.timeout_at(deadline):
-                    earlier, c, p = await self.cache.lookup(door_id, request.user_id, cred_k, request.request_id)
-                if earlier is not None:
-                    return earlier, None, None, None, ""
-                redis_ok = True
-            except Exception as exc:  # noqa: BLE001 - Redis down or hung: the view answers
-                # A caller's deadline running out here pauses Redis too: were it not, a hung
-                # Redis would take the whole budget of every call whose deadline is shorter
-                # than its socket timeout, and the view would never get to answer them.
-                self._redis_failed(exc)
-        source = FROM_REDIS
-        # In the cache's mode (`local`), what it does hold is newer than or as new as Redis
-        # and the view, and the answer claims its revision: it overrides them.
-        try:
-            if cred_k:
-                known = local.credential(cred_k) if local is not None else MISS
-                if known is not MISS:
-                    credential = known
-                elif c is not None:
-                    credential = (CredentialRow(c[1].decode(), c[2].decode(), request.credential.kind, secret_hash,
-                                                c[3] == b"1", int(c[0])) if c[1] else None)
-                else:
-                    source = FROM_VIEW
-                    async with asyncio.timeout_at(deadline):
-                        credential = await self.view.get_credential(request.credential.kind, secret_hash)
-                    if redis_ok:
-                        self._fire(self._to_redis(self.cache.fill_credential(cred_k, credential)))
-                if self.local is not None and known is MISS:
-                    self.local.fill_credential(ticket, cred_k, credential)
-                if credential is None:
-                    source.inc()
-                    return None, DENIED, Reason.UNKNOWN_CREDENTIAL, None, ""
-                user_id = credential.user_id
-                if credential.revoked:
-                    source.inc()
-                    return None, DENIED, Reason.CREDENTIAL_REVOKED, credential, user_id
-            known = local.pair(door_id, user_id) if local is not None else MISS
-            if known is not MISS:
-                pair = known
-            elif p is not None:
-                pair = PairRow(door_id, user_id, int(p[0]), p[1] or b"")
-            else:
-                source = FROM_VIEW
-                async with asyncio.timeout_at(deadline):
-                    pair = await self.view.get_pair(door_id, user_id)
-                if redis_ok:
-                    self._fire(self._to_redis(self.cache.fill_pair(door_id, user_id, pair)))
-            if self.local is not None and known is MISS:
-                self.local.fill_pair(ticket, door_id, user_id, pair)
-            source.inc()
-        except Exception as exc:  # noqa: BLE001 - neither Redis nor the view (in time): deny
-            log.error("unlock view unavailable", extra={"error": repr(exc)})
-            return None, DENIED, Reason.UNAVAILABLE, credential, user_id
-        if local is not None and local.epoch != epoch:
-            # The cache was emptied while Redis answered (its feed stopped): what it held
-            # and overrode is gone, so this answer cannot claim the cache's revision.
-            return None, DENIED, Reason.UNAVAILABLE, credential, user_id
-        if pair is None or not pair.payload:
-            return None, DENIED, Reason.NO_GRANT, credential, user_id
-        return None, *self._verdict(pair), credential, user_id
+    async def settled(self) -> None:
+        """Return once the background cache writes started so far (fills, shared answers) have ended."""
+        await self.lookup.settled()
 
     def _verdict(self, pair: PairRow) -> tuple[int, Reason]:
         access = self._decode(pair)
@@ -446,20 +331,12 @@ class UnlockService:
         return access
 
     # ---- events ------------------------------------------------------------------------
-    def _record(self, principal, request, door_id: str, request_id: str, decision_id: str, user_id: str, credential,
-                decision: int, reason: int, revision: int, seconds: int, nanos: int, latency_ns: int):
+    def _record(self, record: DecisionRecord):
         # One decision, one event: the decision id is also the event id. Only the values are
-        # taken here (the ones Unlock holds, not read back from the request or the response);
-        # the publisher encodes the envelope later, with others, off the response path.
-        _decided(decision, reason).inc()
-        controller = None
-        if request.HasField("controller_time"):
-            t = request.controller_time
-            controller = (t.seconds, t.nanos)
-        return self.decisions.record_deferred(decision_id, envelope.decision_subject(door_id), encode_decision, (
-            decision_id, principal.uri if principal else "", door_id, user_id,
-            credential.credential_id if credential is not None else "", request_id, int(decision),
-            int(reason), revision, seconds, nanos, latency_ns, controller))
+        # taken here; the publisher encodes the envelope later, with others, off the response path.
+        _decided(record.decision, record.reason).inc()
+        return self.decisions.record_deferred(record.decision_id, envelope.decision_subject(record.door_id),
+                                              encode_decision, record)
 
     def _alarm(self, principal, kind: str, door_id: str, detail: str, credential_id: str = "") -> None:
         alarm = ev.SecurityAlarm(kind=kind, door_id=door_id[:64], credential_id=credential_id, detail=detail[:200])
@@ -470,7 +347,8 @@ class UnlockService:
 def encode_decision(decision_id: str, actor: str, door_id: str, user_id: str, credential_id: str, request_id: str,
                     decision: int, reason: int, revision: int, server_seconds: int, server_nanos: int,
                     latency_ns: int, controller: tuple[int, int] | None) -> bytes:
-    """The serialized Envelope of one UnlockDecided (built in place: no nested copies).
+    """The serialized Envelope of one UnlockDecided (built in place: no nested copies); the
+    arguments are a `DecisionRecord`'s fields, in order.
 
     The envelope's `revision` stays 0 (no permissions transaction wrote this event); the
     view's revision the decision was made from is `UnlockDecided.view_revision`.

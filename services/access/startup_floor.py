@@ -49,7 +49,7 @@ class StartupFloor:
                     await bus.close(nc)
                 log.info("start-up floor known", extra={"revision": self.revision})
                 return
-            except Exception as exc:  # noqa: BLE001 - the bus may be down at start: deny until it answers
+            except Exception as exc:  # the bus may be down at start: deny until it answers
                 wait = backoff.next()
                 log.warning("cannot read the start-up floor; Unlock denies until it can",
                             extra={"error": repr(exc), "backoff": wait})

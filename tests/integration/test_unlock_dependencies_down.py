@@ -16,7 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 
-from latchkit import secrets
+from latchkit import envelope, secrets
 from latchkit.bus import BusSettings
 from latchkit.errors import Unavailable
 from latchkit.identity import Principal
@@ -88,9 +88,12 @@ class Door:
         answer = await self.service.unlock(controller, request, time_remaining)
         return answer.decision, answer.reason
 
-    def recorded_reasons(self) -> list[int]:
-        """The reasons of the decision events waiting to be published, in order."""
-        return [args[7] for _, (_, _, (_, args)), _ in self.service.decisions._pending]
+    async def recorded_reasons(self) -> list[int]:
+        """The reasons of the decision events recorded so far, in order (moved to the spool, as
+        the publisher does when NATS does not answer, and read back from it)."""
+        await self.service.decisions.spill(everything=True)
+        rows = await self.service.decisions.spool.oldest(1000)
+        return [envelope.parse(payload).unlock_decided.reason for _, _, _, payload in rows]
 
 
 @pytest.fixture
@@ -116,7 +119,7 @@ async def door(own_redis, tmp_path):
 
 async def test_after_one_timeout_unlock_answers_from_the_view_without_waiting_for_redis(door, own_redis):
     assert await door.unlock() == (ev.DECISION_GRANTED, ev.DECISION_REASON_GRANTED)
-    await asyncio.gather(*list(door.service._background))  # its fills and replay record are in Redis
+    await door.service.settled()  # its fills and replay record are in Redis
     assert door.cache.lookups == 1
     own_redis.freeze_component("redis")
     answers = [await door.unlock() for _ in range(20)]
@@ -135,7 +138,7 @@ async def test_redis_and_the_view_hung_deny_unavailable_within_the_deadline(door
     assert answer == (ev.DECISION_DENIED, ev.DECISION_REASON_UNAVAILABLE)
     assert elapsed < time_remaining
     assert door.cache.lookups == 1
-    assert door.recorded_reasons() == [ev.DECISION_REASON_UNAVAILABLE]
+    assert await door.recorded_reasons() == [ev.DECISION_REASON_UNAVAILABLE]
     # Redis still hung, the view back: the next call leaves Redis alone, so the view has the time to answer.
     door.view.hang = False
     assert await door.unlock(time_remaining) == (ev.DECISION_GRANTED, ev.DECISION_REASON_GRANTED)
@@ -146,7 +149,7 @@ async def test_redis_hung_and_the_view_down_deny_unavailable(door, own_redis):
     own_redis.freeze_component("redis")
     await door.view.close()  # every read of the embedded view now fails
     assert await door.unlock(1.0) == (ev.DECISION_DENIED, ev.DECISION_REASON_UNAVAILABLE)
-    assert door.recorded_reasons() == [ev.DECISION_REASON_UNAVAILABLE]
+    assert await door.recorded_reasons() == [ev.DECISION_REASON_UNAVAILABLE]
     # Asked for a revision, Unlock cannot say the view has it: a clear status, no answer.
     with pytest.raises(Unavailable):
         await door.unlock(1.0, min_revision=1)

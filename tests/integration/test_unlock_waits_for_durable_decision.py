@@ -63,7 +63,8 @@ async def unlock(service: UnlockService, door: str, secret: str, time_remaining:
 async def stop(service: UnlockService, tasks) -> None:
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, *service._background, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await service.settled()
     await service.cache.close()
     await service.view.close()
 

@@ -2,15 +2,15 @@
 
 from prometheus_client import REGISTRY, generate_latest
 
-from services.access import service
+from services.access import lookup, service
 
 
 def test_each_source_counts_under_its_label():
     name = "latchkey_access_unlock_answered_from_total"
     before = {s: REGISTRY.get_sample_value(name, {"source": s}) for s in ("memory", "redis", "view")}
-    service.FROM_MEMORY.inc()
-    service.FROM_MEMORY.inc()
-    service.FROM_VIEW.inc()
+    lookup.FROM_MEMORY.inc()
+    lookup.FROM_MEMORY.inc()
+    lookup.FROM_VIEW.inc()
     after = {s: REGISTRY.get_sample_value(name, {"source": s}) for s in ("memory", "redis", "view")}
     assert {s: after[s] - before[s] for s in after} == {"memory": 2, "redis": 0, "view": 1}
     text = generate_latest(REGISTRY).decode()

@@ -22,7 +22,17 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from services.access.ports import CredentialRow, PairRow
+from services.access.domain import cred_key
+from services.access.ports import (
+    CACHE_MISS,
+    CachedCredential,
+    CachedPair,
+    CacheLookup,
+    CredentialRow,
+    PairRow,
+)
+
+__all__ = ["RedisUnlockCache", "cred_key"]
 
 SET_IF_NEWER = """
 local cur = redis.call('HGET', KEYS[1], 'v')
@@ -58,11 +68,9 @@ return {false, cred, pair}
 REPLAY_TTL_SECONDS = 24 * 3600
 
 
-def cred_key(kind: int, secret_hash: bytes) -> str:
-    return f"{kind}:{secret_hash.hex()}"
-
-
 class RedisUnlockCache:
+    """The `UnlockCache` port on Redis: the raw replies are decoded here, nowhere else."""
+
     def __init__(self, url: str, ttl: int, negative_ttl: int, *, instance: str = "local") -> None:
         self.client = aioredis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25,
                                               max_connections=256)
@@ -75,10 +83,17 @@ class RedisUnlockCache:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def lookup(self, door_id: str, user_id: str = "", credential: str = "", request_id: str = ""):
-        """(earlier answer | None, credential fields | None, pair fields | None); raises on Redis errors."""
+    async def lookup(self, door_id: str, user_id: str = "", credential: str = "", request_id: str = "") -> CacheLookup:
         earlier, cred, pair = await self._lookup(args=[door_id, user_id, credential, request_id, self.lease_key])
-        return earlier or None, cred or None, pair or None
+        if earlier:
+            return CacheLookup(earlier=earlier)
+        if not cred and not pair:
+            return CACHE_MISS
+        # HMGET fields: credentials (v, id, u, r), pairs (v, p); a missing field is None.
+        return CacheLookup(
+            credential=CachedCredential(int(cred[0]), (cred[1] or b"").decode(), (cred[2] or b"").decode(),
+                                        cred[3] == b"1") if cred else None,
+            pair=CachedPair(int(pair[0]), pair[1] or b"") if pair else None)
 
     async def hold_lease(self, seconds: float) -> None:
         """The projector vouches that Redis holds everything its view has, for `seconds`."""

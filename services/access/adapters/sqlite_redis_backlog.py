@@ -22,6 +22,8 @@ CredentialKey = tuple[int, bytes]
 
 
 class SqliteRedisBacklog:
+    """The `RedisBacklog` port on SQLite."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None

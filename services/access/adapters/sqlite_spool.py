@@ -27,6 +27,8 @@ class SpoolInUse(RuntimeError):
 
 
 class SqliteDecisionSpool:
+    """The `DecisionSpool` port on SQLite."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None

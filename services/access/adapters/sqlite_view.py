@@ -1,8 +1,8 @@
 """The embedded unlock view: SQLite in WAL mode on local disk.
 
 Readers (every worker process) and the one projector share the file; WAL lets
-reads proceed during a write. Point reads take tens of microseconds, so they
-run on the event loop; the projector's batched, fsynced writes run in a
+reads proceed during a write. Point reads are short (one indexed row, no
+fsync), so they run on the event loop; the projector's batched, fsynced writes run in a
 thread. Rows are compared in SQL by (version, deny, value): a lower version
 never overwrites a higher one, at an equal version the revoke wins, then the
 greater bytes, so the result is the same whatever the order (the rule CQL's
