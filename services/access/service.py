@@ -20,7 +20,7 @@ from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 from prometheus_client import Counter
 
-from latchkit import access_codec, envelope, ids, secrets
+from latchkit import access_codec, envelope, ids, secrets, timestamps
 from latchkit.access_rules import Reason, decide
 from latchkit.authz import may_unlock
 from latchkit.errors import InvalidArgument, PermissionDenied, Unavailable
@@ -238,6 +238,10 @@ class UnlockService:
             if not low <= len(secret) <= high:
                 raise InvalidArgument("credential.secret", f"must be {low}..{high} characters for this kind")
             secret_hash = self.hasher.hash(kind, secret)
+        if request.HasField("controller_time"):
+            t = request.controller_time
+            if not timestamps.is_valid(t):
+                raise InvalidArgument("controller_time", "must be a valid timestamp")
         if not may_unlock(principal, door_id):
             self._alarm(principal, "WRONG_DOOR_IDENTITY", door_id,
                         f"{principal.uri if principal else 'unknown'} asked to open door {door_id}")

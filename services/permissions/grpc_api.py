@@ -17,6 +17,7 @@ from latchkey.events.v1 import events_pb2 as ev
 from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 
+from latchkit import timestamps
 from latchkit.errors import InvalidArgument, handles_errors
 from latchkit.identity import actor
 from services.permissions import validation
@@ -26,7 +27,6 @@ from services.permissions.entitlements import Entitlements
 from services.permissions.service import Idempotent, Replayed, Written
 from services.permissions.snapshot import AccessSnapshot
 
-MIN_TS, MAX_TS = -62135596800, 253402300799
 Context = grpc.aio.ServicerContext
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")
@@ -93,7 +93,7 @@ def timestamp_in(message, field: str, name: str) -> dt.datetime | None:
     if not message.HasField(field):
         return None
     value = getattr(message, field)
-    if not (MIN_TS <= value.seconds <= MAX_TS and 0 <= value.nanos < 1_000_000_000):
+    if not timestamps.is_valid(value):
         raise InvalidArgument(name, "is not a valid timestamp")
     return value.ToDatetime(tzinfo=dt.UTC)
 

@@ -69,6 +69,9 @@ MALFORMED = [
     ("a credential of no kind", {"credential": ac.PresentedCredential(secret="12345678")}, "credential.kind"),
     ("a credential without a secret", {"credential": ac.PresentedCredential(kind=ev.CREDENTIAL_KIND_CARD)},
      "credential.secret"),
+    ("a controller time that is no time", {"user_id": str(uuid.uuid4()),
+                                           "controller_time": timestamp_pb2.Timestamp(seconds=1, nanos=-1)},
+     "controller_time"),
 ]
 
 
