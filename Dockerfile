@@ -24,6 +24,8 @@ RUN uv sync --frozen --no-dev --no-install-project
 # README.md: pyproject names it as the readme, so building the project needs it.
 COPY README.md ./
 COPY latchkit ./latchkit
+COPY access_rules ./access_rules
+COPY ops ./ops
 COPY services ./services
 COPY protos ./protos
 COPY scripts/proto.sh ./scripts/proto.sh
@@ -38,7 +40,7 @@ RUN scripts/proto.sh \
 # is read-only, so without it every start, every restart after a crash included,
 # compiled the project's sources again before serving. unchecked-hash: the .pyc is
 # used without comparing the source's mtime; the code never changes in place.
-RUN .venv/bin/python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash latchkit services gen
+RUN .venv/bin/python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash latchkit access_rules ops services gen
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="latchkey" \

@@ -92,7 +92,7 @@ test: setup lint k8s-check ## run the whole test suite against a private stack
 .PHONY: lint
 lint: setup ## buf lint on the contract, ruff on the code
 	scripts/buf-lint.sh
-	$(VENV)/bin/ruff check latchkit services tests bench chaos
+	$(VENV)/bin/ruff check latchkit access_rules ops devstack services tests bench chaos
 
 .PHONY: k8s-check
 k8s-check: setup ## render deploy/k8s overlays, validate them, policy-scan them and the Dockerfile

@@ -24,9 +24,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from latchkit import certs
+from devstack import certs
+from devstack.stack import Stack, StackPorts
 from latchkit.settings import REPO_ROOT
-from latchkit.stack import Stack, StackPorts
 
 AREAS = ("access", "permissions", "audit", "cql")
 

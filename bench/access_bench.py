@@ -44,10 +44,11 @@ from bench.harness import (
     tls,
     wait_healthy,
 )
-from latchkit import certs, envelope
+from devstack import certs
+from devstack.stack import Stack, free_port
+from latchkit import envelope
 from latchkit.bus import DECISIONS_STREAM
 from latchkit.settings import REPO_ROOT, TlsSettings
-from latchkit.stack import Stack, free_port
 
 IN_FLIGHT = (1, 8, 32)
 SECONDS = 3.0

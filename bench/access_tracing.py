@@ -19,8 +19,8 @@ from latchkey.access.v1 import access_pb2, access_pb2_grpc
 from latchkey.events.v1 import events_pb2 as ev
 
 from bench.harness import aio_channel, interleaved
+from devstack.stack import free_port
 from latchkit.settings import REPO_ROOT
-from latchkit.stack import free_port
 from tests.waiting import until
 
 IN_FLIGHT = (1, 8, 32)

@@ -18,9 +18,9 @@ from latchkey.audit.v1 import audit_pb2, audit_pb2_grpc
 from latchkey.events.v1 import events_pb2 as ev
 
 from bench.harness import aio_channel, percentile, start_module, start_services, tls
+from devstack.stack import free_port
 from latchkit import envelope
 from latchkit.bus import DECISIONS_STREAM, BusSettings, ensure_streams
-from latchkit.stack import free_port
 from services.audit.adapters.sqlite_store import SqliteAuditStore
 from services.audit.records import to_record
 

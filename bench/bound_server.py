@@ -30,11 +30,12 @@ import grpc
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 
+from access_rules.rules import Reason
 from bench.echo_server import floor_settings
-from latchkit import envelope, ids, server
-from latchkit.access_rules import Reason
+from latchkit import envelope, server
 from latchkit.bus import BusSettings
 from latchkit.errors import InvalidArgument, abort
+from services.access import ids
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 from services.access.decisions import DecisionPublisher, wait_durable
 from services.access.service import check_id, encode_decision

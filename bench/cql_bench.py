@@ -39,9 +39,9 @@ from latchkey.permissions.v1 import permissions_pb2_grpc
 from bench.access_bench import door_tls, seed
 from bench.audit_bench import decision, ingest, stream_rate, visible_lag
 from bench.harness import aio_channel, closed_loop, start_module, start_services, summary_ms, tls
+from devstack.stack import Stack, free_port
 from latchkit.bus import purge_streams
 from latchkit.scylla import ScyllaSettings
-from latchkit.stack import Stack, free_port
 from services.access.ports import PairRow, ViewBatch
 from services.audit.records import to_record
 

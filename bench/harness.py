@@ -13,10 +13,10 @@ from pathlib import Path
 
 import grpc
 
+from devstack.stack import free_port
 from latchkit import endpoints
-from latchkit.run import health_of
 from latchkit.settings import REPO_ROOT, TlsSettings
-from latchkit.stack import free_port
+from ops.run import health_of
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -146,7 +146,7 @@ def start_services(stack_urls, pki_dir: Path, state_dir: Path, names=("permissio
     for e in endpoints.ALL:
         env[f"{e.env_prefix}_PORT"] = str(free_port())
         env[f"{e.env_prefix}_METRICS_PORT"] = "0"
-    subprocess.run([sys.executable, "-m", "latchkit.cli_migrate"], env=env, cwd=REPO_ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "ops.cli_migrate"], env=env, cwd=REPO_ROOT, check=True)
     targets = {e.service: f"localhost:{env[f'{e.env_prefix}_PORT']}" for e in endpoints.ALL if e.service in names}
     procs = {n: subprocess.Popen([sys.executable, "-m", f"services.{n}"], env=env, cwd=REPO_ROOT) for n in targets}
     wait_healthy(targets, procs, env)

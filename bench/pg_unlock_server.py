@@ -8,9 +8,10 @@ import os
 from latchkey.access.v1 import access_pb2, access_pb2_grpc
 from latchkey.events.v1 import events_pb2 as ev
 
+from access_rules.rules import Reason, evaluate
 from bench.echo_server import floor_settings
-from latchkit import secrets, server
-from latchkit.access_rules import Reason, evaluate
+from latchkit import secret_hash as secrets
+from latchkit import server
 from latchkit.errors import handles_errors
 from services.access.service import check_id
 from services.permissions import effective

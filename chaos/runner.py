@@ -18,8 +18,8 @@ from chaos.clients import Admin, Door
 from chaos.load import Controller, Record, Writer
 from chaos.model import World, user_key
 from chaos.system import ChaosSystem
-from latchkit.run import health_of
 from latchkit.settings import REPO_ROOT
+from ops.run import health_of
 
 CONTROLLERS = 6
 UNLOCKS_PER_S = 80.0

@@ -18,10 +18,10 @@ import time
 import uuid
 from pathlib import Path
 
+from devstack.stack import Stack, StackPorts, free_port
 from latchkit import endpoints
-from latchkit.run import health_of
 from latchkit.settings import REPO_ROOT
-from latchkit.stack import Stack, StackPorts, free_port
+from ops.run import health_of
 from tests.conftest import Pki
 from tests.e2e.conftest import System
 
@@ -96,7 +96,7 @@ class ChaosSystem:
                   "LATCHKEY_CLIENT_TLS_KEY": "admin-key.pem"}
         self._old_env = {k: os.environ.get(k) for k in client}
         os.environ.update({k: str(self.pki.dir / v) for k, v in client.items()})
-        subprocess.run([sys.executable, "-m", "latchkit.cli_migrate"], env=env, cwd=REPO_ROOT, check=True,
+        subprocess.run([sys.executable, "-m", "ops.cli_migrate"], env=env, cwd=REPO_ROOT, check=True,
                        stdout=subprocess.DEVNULL)
         self.system = System(targets=targets, env=env, procs={})
         for name in targets:

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from latchkit.certs import TRUST_DOMAIN
 from latchkit.revocation import REVOKED
 
+TRUST_DOMAIN = "latchkey"
+"""Every latchkey identity is a SPIFFE-style URI SAN: spiffe://latchkey/<kind>/<name>."""
 _PREFIX = f"spiffe://{TRUST_DOMAIN}/"
 
 

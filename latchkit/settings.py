@@ -15,7 +15,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".state" / "dev"
 
 
-class SettingsError(ValueError):
+class EnvironmentProblem(Exception):
+    """Something about this machine or its configuration, not the request, stops the command;
+    the message says what (the CLI prints it as one line, exit code 3)."""
+
+
+class SettingsError(EnvironmentProblem, ValueError):
     """A setting is present but cannot be used; the message names the variable."""
 
 

@@ -3,7 +3,7 @@
 The stack lives under .state/test-<id>/ so several pytest runs can share a
 machine; it is stopped when the session ends, even after failures.
 
-The CQL engine (Apache Cassandra 5.0, see latchkit/cql_engine.py) takes
+The CQL engine (Apache Cassandra 5.0, see devstack/cql_engine.py) takes
 10-20 s to boot, so it is launched as soon as collection shows that a test
 needs it, and runs while the other tests do; `cql_settings` waits for it.
 A CQL engine that cannot start fails those tests: the CQL leg is never skipped.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from latchkit import certs
+from devstack import certs
+from devstack.stack import Stack, StackPorts
 from latchkit.settings import REPO_ROOT, TlsSettings
-from latchkit.stack import Stack, StackPorts
 
 _STACK: Stack | None = None
 CQL_FIXTURES = {"cql_settings"}

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from latchkey.access.v1 import access_pb2, access_pb2_grpc
 
-from latchkit import authz, health, secrets
+from latchkit import authz, health
+from latchkit import secret_hash as secrets
 from latchkit.server import ServiceSpec
 from services.access.adapters.redis_cache import RedisUnlockCache
 from services.access.adapters.sqlite_redis_backlog import SqliteRedisBacklog

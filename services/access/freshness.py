@@ -2,7 +2,7 @@
 
 A door with `max_view_staleness` N is opened only while the deciding process can
 show that, at most N seconds ago, its view held everything the PERMISSIONS
-stream held (`latchkit.access_rules.decide`, reason STALE_VIEW otherwise). The
+stream held (`access_rules.rules.decide`, reason STALE_VIEW otherwise). The
 proof comes from the broker, not from the pipeline: an empty fetch also times
 out while the broker is away, but consumer info that says nothing is pending
 and nothing is unacknowledged can only come from a live broker, and the

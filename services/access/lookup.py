@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from latchkey.events.v1 import events_pb2 as ev
 from prometheus_client import Counter
 
-from latchkit.access_rules import Reason
+from access_rules.rules import Reason
 from services.access.local_cache import MISS, LocalCache
 from services.access.ports import CACHE_MISS, CredentialRow, PairRow, UnlockCache, UnlockView
 

@@ -20,11 +20,14 @@ from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 from prometheus_client import Counter
 
-from latchkit import access_codec, envelope, ids, secrets, timestamps
-from latchkit.access_rules import Reason, decide
+from access_rules import codec as access_codec
+from access_rules.rules import Reason, decide
+from latchkit import envelope, timestamps
+from latchkit import secret_hash as secrets
 from latchkit.authz import may_unlock
 from latchkit.errors import InvalidArgument, PermissionDenied, Unavailable
 from latchkit.identity import Principal
+from services.access import ids
 from services.access.decisions import DecisionNotDurable, DecisionPublisher, wait_durable
 from services.access.domain import DenialThrottle, ReplayMemory, cred_key
 from services.access.local_cache import LocalCache

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from latchkey.permissions.v1 import permissions_pb2, permissions_pb2_grpc
 
-from latchkit import authz, health, secrets
+from latchkit import authz, health
+from latchkit import secret_hash as secrets
 from latchkit.server import ServiceSpec
 from services.permissions.adapters.outbox_relay import OutboxRelay
 from services.permissions.adapters.postgres import Database

@@ -6,7 +6,7 @@ from typing import Any
 
 from latchkey.events.v1 import events_pb2 as ev
 
-from latchkit.access_rules import Window
+from access_rules.rules import Window
 from latchkit.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.permissions import effective
 from services.permissions.domain import Door, Group, Page, Schedule, User

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from latchkit.access_rules import Window
+from access_rules.rules import Window
 from latchkit.errors import InvalidArgument
 
 T = TypeVar("T")

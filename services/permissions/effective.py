@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from latchkit.access_codec import to_event
-from latchkit.access_rules import PairAccess, Rule
+from access_rules.codec import to_event
+from access_rules.rules import PairAccess, Rule
 from services.permissions.domain import AccessFacts, Grant, Pair
 from services.permissions.ports import PermissionsStore, UnitOfWork
 

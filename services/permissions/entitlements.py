@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from latchkit import secrets
-from latchkit.access_rules import Verdict, evaluate
+from access_rules.rules import Verdict, evaluate
+from latchkit import secret_hash as secrets
 from latchkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.permissions import effective
 from services.permissions.domain import Credential, Grant, MissingReference, Page

@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from latchkit.access_rules import Window
+from access_rules.rules import Window
 from services.permissions.domain import (
     AccessFacts,
     Credential,

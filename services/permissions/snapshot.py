@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 from latchkey.permissions.v1 import permissions_pb2 as pm
 
-from latchkit.access_codec import to_event
+from access_rules.codec import to_event
 from latchkit.errors import ServiceError, abort
 from services.permissions import effective
 from services.permissions.domain import Credential, Pair

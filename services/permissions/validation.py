@@ -12,7 +12,7 @@ import zoneinfo
 
 from latchkey.events.v1 import events_pb2 as ev
 
-from latchkit.access_rules import Window
+from access_rules.rules import Window
 from latchkit.errors import InvalidArgument
 
 MAX_PAGE_SIZE = 500

@@ -1,4 +1,4 @@
-"""`migrate-cql` (latchkit.cql.apply_files) changes what the files declare, and only that.
+"""`migrate-cql` (latchkit.scylla.apply_files) changes what the files declare, and only that.
 
 CREATE ... IF NOT EXISTS alone keeps an existing keyspace or table as it was;
 apply_files must also bring replication and table options in line, report
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from latchkit import cql
+from latchkit import scylla as cql
 from latchkit.scylla import connect
 from services.access.adapters.scylla_view import CQL_DIR
 

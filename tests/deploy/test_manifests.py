@@ -23,7 +23,7 @@ RENDERED = REPO_ROOT / ".state" / "k8s"
 KUBECTL = REPO_ROOT / ".state" / "tools" / "k8s" / "bin" / "kubectl"
 OVERLAYS = ("single-node", "production")
 SERVICES = {"permissions": "LATCHKEY_PERMISSIONS", "access": "LATCHKEY_ACCESS", "audit": "LATCHKEY_AUDIT"}
-SHARED = ("settings.py", "bus.py", "logs.py", "secrets.py", "revocation.py")
+SHARED = ("settings.py", "bus.py", "logs.py", "secret_hash.py", "revocation.py", "tracing.py", "health.py")
 SCYLLA_USERS = {"access", "audit"}
 TLS_DIR = "/etc/latchkey/tls"
 
@@ -204,7 +204,7 @@ def test_credential_key_comes_from_a_secret_file(overlay):
 
 
 def latchkey_help(words: list[str]) -> int:
-    return subprocess.run([sys.executable, "-c", "from latchkit.cli import main; main()", *words, "--help"],
+    return subprocess.run([sys.executable, "-c", "from ops.cli import main; main()", *words, "--help"],
                           cwd=REPO_ROOT, capture_output=True).returncode
 
 
@@ -235,7 +235,7 @@ def test_dockerfile_entrypoint_and_default_command_exist():
     for service in SERVICES:
         assert (REPO_ROOT / "services" / service / "__main__.py").exists(), service
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["latchkey"] == "latchkit.cli:main"
+    assert scripts["latchkey"] == "ops.cli:main"
 
 
 def test_the_image_lists_every_command_the_manifests_use():

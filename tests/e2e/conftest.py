@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from devstack.stack import free_port
 from latchkit import endpoints
 from latchkit.bus import purge_streams
-from latchkit.run import health_of
 from latchkit.settings import REPO_ROOT
-from latchkit.stack import free_port
+from ops.run import health_of
 from tests.integration.conftest import fresh_database
 
 
@@ -76,7 +76,7 @@ def system(request, stack, pki, tmp_path_factory):
     # with its own revisions: the system starts on empty streams, whichever ran first.
     asyncio.run(purge_streams(urls.nats_url))
     # Migrations first, exactly as `make run` does.
-    subprocess.run([sys.executable, "-m", "latchkit.cli_migrate"], env=env, cwd=REPO_ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "ops.cli_migrate"], env=env, cwd=REPO_ROOT, check=True)
     procs = {
         name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, cwd=REPO_ROOT)
         for name in targets

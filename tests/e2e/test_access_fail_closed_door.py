@@ -20,15 +20,15 @@ from latchkey.access.v1 import access_pb2_grpc
 from latchkey.events.v1 import events_pb2 as ev
 from latchkey.permissions.v1 import permissions_pb2 as pm
 
-from latchkit.run import health_of
+from devstack.stack import free_port
 from latchkit.settings import REPO_ROOT
-from latchkit.stack import free_port
 from latchkit.tls import channel_credentials
+from ops.run import health_of
 from tests.e2e.helpers import Admin, Door, rid
 from tests.e2e.test_access_workers import listeners
 
 PROCESS_PREFIX = 24
-"""A decision id's first characters are drawn once per process (latchkit/ids.py): they tell who answered."""
+"""A decision id's first characters are drawn once per process (services/access/ids.py): they tell who answered."""
 
 BOUND_SECONDS = 1
 WAIT_SECONDS = 15

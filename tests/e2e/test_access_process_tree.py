@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 
+from devstack.stack import free_port
 from latchkit.settings import REPO_ROOT
-from latchkit.stack import free_port
 from tests.e2e.test_access_workers import alive, children, listeners
 
 

@@ -13,11 +13,11 @@ import grpc
 from latchkey.access.v1 import access_pb2, access_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.stack import free_port
 from latchkit import metrics_files
-from latchkit.run import health_of
 from latchkit.settings import REPO_ROOT
-from latchkit.stack import free_port
 from latchkit.tls import channel_credentials
+from ops.run import health_of
 from tests.e2e.helpers import rid
 from tests.e2e.test_access_workers import listeners
 

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from latchkit.run import health_of
+from devstack.stack import free_port
 from latchkit.settings import REPO_ROOT
-from latchkit.stack import free_port
+from ops.run import health_of
 
 
 def children(pid: int) -> list[int]:

@@ -24,7 +24,7 @@ def export(system, pki, out, *args) -> None:
            "LATCHKEY_CLIENT_TLS_CA": str(pki.dir / "ca.pem"),
            "LATCHKEY_CLIENT_TLS_CERT": str(pki.dir / "auditor.pem"),
            "LATCHKEY_CLIENT_TLS_KEY": str(pki.dir / "auditor-key.pem")}
-    result = subprocess.run([sys.executable, "-c", "from latchkit.cli import main; main()", "audit", "export",
+    result = subprocess.run([sys.executable, "-c", "from ops.cli import main; main()", "audit", "export",
                              "--out", str(out), *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""The `latchkey` command's failures: one clear line each, and an exit code per kind (latchkit/cli_errors.py)."""
+"""The `latchkey` command's failures: one clear line each, and an exit code per kind (ops/cli_errors.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from latchkit import cli_errors
+from devstack.stack import free_port
 from latchkit.settings import REPO_ROOT
-from latchkit.stack import free_port
+from ops import cli_errors
 
 
 def latchkey(*args, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from latchkit.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from ops.cli import main; main()", *args],
                           env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
 
 

@@ -18,7 +18,7 @@ def latchkey(system, pki, *args, identity="auditor", **env):
             "LATCHKEY_CLIENT_TLS_CA": str(pki.dir / "ca.pem"),
             "LATCHKEY_CLIENT_TLS_CERT": str(pki.dir / f"{identity}.pem"),
             "LATCHKEY_CLIENT_TLS_KEY": str(pki.dir / f"{identity}-key.pem"), **env}
-    return subprocess.run([sys.executable, "-c", "from latchkit.cli import main; main()", *args], env=full,
+    return subprocess.run([sys.executable, "-c", "from ops.cli import main; main()", *args], env=full,
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 

@@ -17,8 +17,8 @@ from latchkey.access.v1 import access_pb2
 from latchkey.audit.v1 import audit_pb2
 from latchkey.permissions.v1 import permissions_pb2
 
-from latchkit.run import health_of
 from latchkit.tls import channel_credentials
+from ops.run import health_of
 from tests.fuzzing import messages
 
 EXAMPLES = int(os.environ.get("LATCHKEY_FUZZ_EXAMPLES", "12"))

@@ -1,5 +1,5 @@
 """`latchkey health` names each service's readiness and its dependencies, and exits as
-latchkit/cli_errors.py says: 0 all SERVING, 5 a service that does not answer (also for
+ops/cli_errors.py says: 0 all SERVING, 5 a service that does not answer (also for
 `--liveness`, which accepts NOT_SERVING but not silence)."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from latchkit import cli_errors
+from devstack.stack import free_port
 from latchkit.settings import REPO_ROOT
-from latchkit.stack import free_port
+from ops import cli_errors
 
 
 def latchkey(*args, env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from latchkit.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from ops.cli import main; main()", *args],
                           env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from devstack.stack import Stack, StackPorts, free_port
 from latchkit import endpoints
-from latchkit.run import health_of
 from latchkit.settings import REPO_ROOT
-from latchkit.stack import Stack, StackPorts, free_port
+from ops.run import health_of
 
-LATCHKEY = [sys.executable, "-c", "from latchkit.cli import main; main()"]
+LATCHKEY = [sys.executable, "-c", "from ops.cli import main; main()"]
 
 
 def children(pid: int) -> list[int]:

@@ -3,8 +3,8 @@
 import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from latchkit.run import health_of
 from latchkit.tls import channel_credentials
+from ops.run import health_of
 
 EXPECTED = {
     "permissions": "latchkey.permissions.v1.PermissionsService",

@@ -13,8 +13,8 @@ import uuid
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack.stack import Stack, StackPorts, free_port
 from latchkit import server
-from latchkit.stack import Stack, StackPorts, free_port
 from services.access import bootstrap
 from services.access.settings import AccessSettings
 from tests.integration.conftest import aio_channel, server_settings

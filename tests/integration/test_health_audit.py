@@ -14,8 +14,8 @@ from grpc import StatusCode
 from grpc.aio import AioRpcError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack.stack import Stack, StackPorts
 from latchkit import server
-from latchkit.stack import Stack, StackPorts
 from services.audit import bootstrap
 from services.audit.settings import AuditSettings
 from tests.integration.conftest import aio_channel, server_settings

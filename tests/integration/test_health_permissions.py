@@ -13,11 +13,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
-from latchkit import cli_errors, server
+from devstack.stack import Stack, StackPorts
+from latchkit import server
 from latchkit.bus import BusSettings
-from latchkit.run import check_health
 from latchkit.settings import REPO_ROOT
-from latchkit.stack import Stack, StackPorts
+from ops import cli_errors
+from ops.run import check_health
 from services.permissions import bootstrap
 from services.permissions.settings import PermissionsSettings
 from tests.integration.conftest import aio_channel, fresh_database, server_settings

@@ -10,7 +10,7 @@ import textwrap
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from latchkit import certs
+from devstack import certs
 from latchkit.settings import REPO_ROOT
 
 SERVER = textwrap.dedent("""

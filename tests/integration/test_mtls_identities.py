@@ -9,7 +9,8 @@ import grpc
 import pytest
 from latchkey.access.v1 import access_pb2, access_pb2_grpc
 
-from latchkit import certs, server
+from devstack import certs
+from latchkit import server
 from latchkit.revocation import RevocationList
 from latchkit.settings import ServerSettings, TlsSettings
 

@@ -13,9 +13,9 @@ from latchkey.events.v1 import events_pb2 as ev
 from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 
+from access_rules.codec import from_event
+from access_rules.rules import evaluate
 from latchkit import envelope
-from latchkit.access_codec import from_event
-from latchkit.access_rules import evaluate
 from latchkit.bus import PERMISSIONS_STREAM, BusSettings
 from services.permissions.adapters.outbox_relay import OutboxRelay
 from tests.integration.conftest import aio_channel, start_permissions

@@ -14,8 +14,8 @@ import uuid
 from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 
+from devstack.stack import Stack, StackPorts
 from latchkit.settings import REPO_ROOT
-from latchkit.stack import Stack, StackPorts
 from tests.integration.conftest import aio_channel, fresh_database, start_permissions
 
 

@@ -19,9 +19,9 @@ import nats
 import pytest
 from latchkey.events.v1 import events_pb2 as ev
 
+from devstack.stack import Stack, StackPorts
 from latchkit import envelope
 from latchkit.bus import BusSettings, ensure_streams
-from latchkit.stack import Stack, StackPorts
 from services.access.adapters.redis_cache import RedisUnlockCache
 from services.access.adapters.sqlite_redis_backlog import SqliteRedisBacklog
 from services.access.adapters.sqlite_view import SqliteUnlockView

@@ -10,7 +10,7 @@ from latchkey.events.v1 import events_pb2 as ev
 from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 
-from latchkit import secrets
+from latchkit import secret_hash as secrets
 from services.access.adapters.redis_cache import RedisUnlockCache
 from services.access.adapters.sqlite_view import SqliteUnlockView
 from services.access.ports import PairRow, ViewBatch

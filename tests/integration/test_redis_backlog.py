@@ -15,7 +15,7 @@ import redis.exceptions
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 
-from latchkit import secrets
+from latchkit import secret_hash as secrets
 from latchkit.bus import BusSettings
 from latchkit.identity import Principal
 from services.access.adapters.redis_cache import RedisUnlockCache

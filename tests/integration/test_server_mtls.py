@@ -7,7 +7,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from latchkit import certs, server
+from devstack import certs
+from latchkit import server
 from latchkit.settings import ServerSettings, TlsSettings
 
 

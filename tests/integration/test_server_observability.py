@@ -10,7 +10,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from prometheus_client import REGISTRY
 
-from latchkit import certs, server
+from devstack import certs
+from latchkit import server
 from latchkit.settings import ServerSettings, TlsSettings
 from tests.waiting import until
 

@@ -16,11 +16,12 @@ from google.protobuf.duration_pb2 import Duration
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 
-from latchkit import envelope, secrets
+from devstack.stack import Stack, StackPorts
+from latchkit import envelope
+from latchkit import secret_hash as secrets
 from latchkit.bus import BusSettings
 from latchkit.errors import Unavailable
 from latchkit.identity import Principal
-from latchkit.stack import Stack, StackPorts
 from services.access.adapters.redis_cache import RedisUnlockCache
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 from services.access.adapters.sqlite_view import SqliteUnlockView

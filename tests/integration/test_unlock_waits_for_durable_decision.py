@@ -12,7 +12,7 @@ import pytest
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 
-from latchkit import secrets
+from latchkit import secret_hash as secrets
 from latchkit.bus import BusSettings
 from latchkit.errors import Unavailable
 from latchkit.identity import Principal

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from latchkit.access_rules import Window
+from access_rules.rules import Window
 from services.permissions.domain import (
     AccessFacts,
     Credential,

@@ -13,7 +13,8 @@ from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 from prometheus_client import REGISTRY
 
-from latchkit import envelope, secrets
+from latchkit import envelope
+from latchkit import secret_hash as secrets
 from latchkit.bus import BusSettings
 from latchkit.identity import Principal
 from services.access.decisions import DecisionPublisher

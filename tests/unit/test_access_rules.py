@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from latchkit.access_rules import PairAccess, Reason, Rule, Window, evaluate
+from access_rules.rules import PairAccess, Reason, Rule, Window, evaluate
 from services.access.projector import advance
 
 UTC = dt.UTC

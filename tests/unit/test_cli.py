@@ -2,8 +2,8 @@
 
 from typer.testing import CliRunner
 
-from latchkit import certs
-from latchkit.cli import app
+from devstack import certs
+from ops.cli import app
 
 
 def test_certs_init_then_issue_door_certificate(tmp_path, monkeypatch):

@@ -6,7 +6,8 @@ import uuid
 
 from latchkey.events.v1 import events_pb2 as ev
 
-from latchkit import envelope, ids
+from latchkit import envelope
+from services.access import ids
 from services.access.service import encode_decision
 
 

@@ -6,8 +6,8 @@ import asyncio
 import datetime as dt
 from types import SimpleNamespace
 
-from latchkit import access_codec
-from latchkit.access_rules import PairAccess, Reason, Rule, decide, evaluate
+from access_rules import codec as access_codec
+from access_rules.rules import PairAccess, Reason, Rule, decide, evaluate
 from services.access.freshness import PolledFreshness, caught_up
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

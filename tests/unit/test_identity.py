@@ -1,4 +1,4 @@
-from latchkit import certs
+from devstack import certs
 from latchkit.identity import Principal
 
 

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from latchkey.events.v1 import events_pb2 as ev
 
-from latchkit.access_rules import Reason, Window
+from access_rules.rules import Reason, Window
 from latchkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.permissions.directory import Directory
 from services.permissions.entitlements import Entitlements

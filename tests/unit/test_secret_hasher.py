@@ -4,7 +4,7 @@ import hmac
 
 import pytest
 
-from latchkit.secrets import SecretHasher, hash_secret
+from latchkit.secret_hash import SecretHasher, hash_secret
 
 
 @pytest.mark.parametrize("key", [b"k" * 32, bytes(range(64)), bytes(range(200)), b"\xff" * 65, b"short"])

@@ -23,7 +23,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from latchkit import cql
+from latchkit import scylla as cql
 from latchkit.scylla import ScyllaSettings, connect, execute, pages
 from services.access.ports import CredentialRow, PairRow, ViewBatch
 

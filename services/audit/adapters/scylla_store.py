@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from latchkit import cql
+from latchkit import scylla as cql
 from latchkit.errors import Unavailable
 from latchkit.scylla import ScyllaSettings, connect, execute, pages
 from services.audit.domain import GENESIS, AuditRecord, ChainBreak, record_hash, verify

@@ -12,7 +12,7 @@ import datetime as dt
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from latchkit.access_rules import Window
+from access_rules.rules import Window
 from latchkit.errors import FailedPrecondition
 from services.permissions.domain import (
     AccessFacts,

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-TRUST_DOMAIN = "latchkey"
+from latchkit.identity import TRUST_DOMAIN
+
 IDENTITY_KINDS = ("door", "role", "service")
 DEV_IDENTITIES = (
     ("service", "permissions"),

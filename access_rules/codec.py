@@ -6,7 +6,7 @@ import datetime as dt
 
 from latchkey.events.v1 import events_pb2
 
-from latchkit.access_rules import PairAccess, Rule, Window
+from access_rules.rules import PairAccess, Rule, Window
 
 
 def _ts(value: dt.datetime | None, target) -> None:

@@ -22,8 +22,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from latchkit.cql_engine import CqlEngine, CqlEngineError
+from devstack.cql_engine import CqlEngine, CqlEngineError
 from latchkit.process import pid_alive, stop_pid
+from latchkit.settings import EnvironmentProblem
 
 # Below the kernel's ephemeral range (32768-60999 on Linux): a recent outgoing connection that
 # happened to get one of these as its local port (common after a test run) would otherwise keep
@@ -32,7 +33,7 @@ DEFAULT_PORTS = {"postgres": 25432, "redis": 26379, "nats": 24222, "nats_monitor
                  "cql_storage": 27000}
 
 
-class StackError(RuntimeError):
+class StackError(EnvironmentProblem, RuntimeError):
     """A component is missing or failed to start; the message says what to do."""
 
 
@@ -398,7 +399,7 @@ class Stack:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m latchkit.stack")
+    parser = argparse.ArgumentParser(prog="python -m devstack.stack")
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--state-dir", default=os.environ.get("LATCHKEY_STATE_DIR", ".state/dev"))
     args = parser.parse_args(argv)

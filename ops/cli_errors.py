@@ -29,9 +29,7 @@ def run(app: Callable[[], object]) -> None:
     """Call the typer app, translating the failures a user can cause or meet into one line each."""
     import grpc
 
-    from latchkit.cql_engine import CqlEngineError
-    from latchkit.settings import SettingsError
-    from latchkit.stack import StackError
+    from latchkit.settings import EnvironmentProblem
     from latchkit.tls import MissingCertificateError
 
     try:
@@ -43,9 +41,13 @@ def run(app: Callable[[], object]) -> None:
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             fail(f"the service did not answer ({name}: {details}); is it running? (`latchkey health`)", UNREACHABLE)
         fail(f"the service refused the request: {name}: {details}", REFUSED)
-    except (StackError, CqlEngineError) as exc:
+    except (EnvironmentProblem, MissingCertificateError) as exc:
         fail(str(exc), ENVIRONMENT)
-    except (SettingsError, MissingCertificateError) as exc:
-        fail(str(exc), ENVIRONMENT)
+    except ModuleNotFoundError as exc:
+        if exc.name != "devstack":
+            raise
+        # The image ships the operator's commands only (ops/), not the development tooling.
+        fail("this command needs a development checkout (the local stack and dev CA are not installed here)",
+             ENVIRONMENT)
     except FileNotFoundError as exc:
         fail(f"no such file: {exc.filename}", USAGE)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from latchkit.process import pid_alive, stop_pid
-from latchkit.settings import REPO_ROOT
+from latchkit.settings import REPO_ROOT, EnvironmentProblem
 
 CONFIG_DIR = REPO_ROOT / "tools" / "cassandra"
 """cassandra.yaml, logback.xml, the JVM options, and pom.xml (which pins the version)."""
@@ -27,7 +27,7 @@ START_TIMEOUT_SECONDS = 180.0
 HEAP = "1G"
 
 
-class CqlEngineError(RuntimeError):
+class CqlEngineError(EnvironmentProblem, RuntimeError):
     """The engine is missing or failed to start; the message says what to do."""
 
 

@@ -6,7 +6,6 @@ here connects to anything until a command runs.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import typer
@@ -14,7 +13,7 @@ from rich.console import Console
 
 from latchkit import settings as lk_settings
 
-app = typer.Typer(help="Latchkey: access-control backend. Exit codes: see `latchkit/cli_errors.py`.",
+app = typer.Typer(help="Latchkey: access-control backend. Exit codes: see `ops/cli_errors.py`.",
                   no_args_is_help=True)
 console = Console()
 
@@ -31,7 +30,7 @@ def _certs_dir() -> Path:
 @certs_app.command("init")
 def certs_init() -> None:
     """Create the dev CA and the built-in identities' certificates (idempotent)."""
-    from latchkit import certs
+    from devstack import certs
 
     issued = certs.ensure_dev_certs(_certs_dir())
     for cert in issued:
@@ -47,7 +46,7 @@ def certs_issue(
     out: Path = typer.Option(None, help="output directory (default: the certs directory)"),
 ) -> None:
     """Issue a certificate for spiffe://latchkey/<kind>/<name> from the dev CA."""
-    from latchkit import certs
+    from devstack import certs
 
     _check_identity(kind, name)
     try:
@@ -94,7 +93,7 @@ def certs_revoke(
 
 
 def _stack():
-    from latchkit.stack import Stack
+    from devstack.stack import Stack
 
     return Stack(lk_settings.state_dir())
 
@@ -164,7 +163,7 @@ def _root(_version_flag: bool = typer.Option(False, "--version", callback=_versi
 @app.command("migrate")
 def migrate() -> None:
     """Apply database migrations and store schemas for every service."""
-    from latchkit.run import migrate_all
+    from ops.run import migrate_all
 
     migrate_all()
 
@@ -172,7 +171,7 @@ def migrate() -> None:
 @app.command("run")
 def run() -> None:
     """Start all three services against the local stack; Ctrl-C stops them."""
-    from latchkit.run import run_all
+    from ops.run import run_all
 
     raise typer.Exit(run_all(console))
 
@@ -189,7 +188,7 @@ def health_cmd(
     Exit 0 when every service is SERVING, 1 when one is not (a required dependency is down),
     5 when one does not answer. A service that is SERVING with a dependency down is degraded."""
     from latchkit import endpoints
-    from latchkit.run import check_health
+    from ops.run import check_health
 
     names = [e.service for e in endpoints.ALL]
     if only and only not in names:
@@ -200,23 +199,16 @@ def health_cmd(
 
 
 def _service_commands() -> None:
-    """Command groups contributed by services (added when the module exists)."""
-    for module, name in (
-        ("services.permissions.cli", "permissions"),
-        ("services.access.cli", "access"),
-        ("services.audit.cli", "audit"),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module.startswith(exc.name):
-                raise
-            continue
-        app.add_typer(mod.app, name=name)
+    """Each service's own command group (`services/<svc>/cli.py`), composed here above the services."""
+    from services.access import cli as access
+    from services.audit import cli as audit
+
+    app.add_typer(access.app, name="access")
+    app.add_typer(audit.app, name="audit")
 
 
 def main() -> None:
-    from latchkit import cli_errors
+    from ops import cli_errors
 
     _service_commands()
     cli_errors.run(app)

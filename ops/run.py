@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -17,16 +16,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from latchkit import cli_errors, endpoints, health, process
+from latchkit import endpoints, health, process
 from latchkit import settings as lk_settings
 from latchkit.tls import channel_credentials
+from ops import cli_errors
 
 SERVICE_MODULES = {e.service: f"services.{e.service}" for e in endpoints.ALL}
 
 
 def stack_env() -> dict[str, str]:
     """The environment that points services at the local stack (explicit settings win)."""
-    from latchkit.stack import Stack
+    from devstack.stack import Stack
 
     stack = Stack(lk_settings.state_dir())
     urls = stack.urls()
@@ -44,15 +44,13 @@ def stack_env() -> dict[str, str]:
 
 def migrate_all() -> None:
     """Each service that owns a schema exposes `migrations.upgrade(env)`."""
+    from services.access import migrations as access
+    from services.audit import migrations as audit
+    from services.permissions import migrations as permissions
+
     env = {**os.environ, **stack_env()}
-    for service in SERVICE_MODULES.values():
-        try:
-            mod = importlib.import_module(f"{service}.migrations")
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not f"{service}.migrations".startswith(exc.name):
-                raise
-            continue
-        mod.upgrade(env)
+    for migrations in (permissions, access, audit):
+        migrations.upgrade(env)
 
 
 def _admin_tls() -> lk_settings.TlsSettings:
@@ -105,7 +103,7 @@ def service_health(service: str, target: str, timeout: float = 2.0) -> ServiceHe
 
 
 def check_health(console: Console, only: str = "", output: str = "text", liveness: bool = False) -> int:
-    """Print each service's health; returns the exit code (latchkit/cli_errors.py): 5 if one did not
+    """Print each service's health; returns the exit code (ops/cli_errors.py): 5 if one did not
     answer, 1 if one is not SERVING (with `liveness`, answering at all is enough), else 0."""
     results = [service_health(e.service, e.target) for e in endpoints.ALL if not only or e.service == only]
     if output == "json":
