@@ -494,3 +494,28 @@ async def test_occurrence_order_holds_a_bounded_window_of_small_partitions(cql_s
     assert ids(await occurred(store, AuditQuery(door_id="d1", end_us=NOW_US))) == ids(expected)
     window = AuditQuery(start_us=t + 10_000_000, end_us=t + 30_000_000)
     assert ids(await occurred(store, window)) == ids(expected[10:30])
+
+
+async def test_an_embedded_store_from_before_occurrence_order_gets_its_ranks_and_keeps_its_chain(tmp_path):
+    from services.audit.adapters.sqlite_store import SqliteAuditStore
+
+    # A store written before the causal rank was kept: the column is dropped again, as it was then.
+    path = tmp_path / "old.sqlite"
+    t = NOW_US - 3_600_000_000
+    change, decision = happened(t, revision=5), happened(t, decided_at=4)
+    old = SqliteAuditStore(path)
+    await old.open()
+    await old.append([change, decision])
+    await old.close()
+    with sqlite3.connect(path) as db:
+        for index in ("ix_events_occurred", "ix_events_door_occurred", "ix_events_user_occurred"):
+            db.execute(f"DROP INDEX {index}")
+        db.execute("ALTER TABLE events DROP COLUMN causal_rank")
+    # Opened by this version: each rank comes from its stored envelope; the chain is as it was.
+    store = SqliteAuditStore(path)
+    await store.open()
+    try:
+        assert ids(await occurred(store, AuditQuery(end_us=NOW_US))) == ids([decision, change])
+        assert await store.verify(0, 0) == (2, None)
+    finally:
+        await store.close()
