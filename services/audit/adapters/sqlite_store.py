@@ -210,7 +210,12 @@ class SqliteAuditStore:
             # A row value: the index is walked from the key, not filtered up to it.
             where.append("(source_time_us, causal_rank, seq) > (?, ?, ?)")
             params += list(after)
-        sql = (f"SELECT {COLUMNS} FROM events WHERE {' AND '.join(where)} "
+        # Named, so a selective filter (a type) never makes the planner sort the whole range per page.
+        index = "ix_events_door_occurred" if query.door_id else (
+            "ix_events_user_occurred" if query.user_id else "ix_events_occurred")
+        if query.door_id or query.user_id:
+            where.append(f"{'door_id' if query.door_id else 'user_id'} <> ''")  # what the partial index holds
+        sql = (f"SELECT {COLUMNS} FROM events INDEXED BY {index} WHERE {' AND '.join(where)} "
                "ORDER BY source_time_us, causal_rank, seq LIMIT ?")
         return [_record(r) for r in self._reader().execute(sql, (*params, PAGE))]
 
