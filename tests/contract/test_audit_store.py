@@ -453,6 +453,9 @@ async def test_a_closed_range_reads_in_the_order_things_happened(store):
     # Resuming after any event's key gives exactly the rest, and filters hold.
     assert ids(await occurred(store, query, occurrence_key(got[2]))) == ids(expected[3:])
     assert ids(await occurred(store, replace(query, types=("permissions.door_changed",)))) == ids([lockdown, grant])
+    assert ids(await occurred(store, replace(query, user_id="u1"))) == ids([spooled, before, after_, *tied])
+    assert ids(await occurred(store, replace(query, door_id="d1"))) == ids(expected)
+    assert ids(await occurred(store, replace(query, door_id="d2"))) == []
     # The storage order (and its chain) is untouched.
     assert ids(await store.read(AuditQuery(), 0, 100)) == ids(
         [lockdown, grant, outside[0], before, after_, *tied, alarm, outside[1], spooled])
@@ -508,7 +511,7 @@ async def test_an_embedded_store_from_before_occurrence_order_gets_its_ranks_and
     await old.append([change, decision])
     await old.close()
     with sqlite3.connect(path) as db:
-        for index in ("ix_events_occurred", "ix_events_door_occurred", "ix_events_user_occurred"):
+        for index in ("ix_events_occurred", "ix_events_door_occurred"):
             db.execute(f"DROP INDEX {index}")
         db.execute("ALTER TABLE events DROP COLUMN causal_rank")
     # Opened by this version: each rank comes from its stored envelope; the chain is as it was.
