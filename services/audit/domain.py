@@ -32,6 +32,23 @@ class AuditRecord:
     envelope: bytes
     prev_hash: bytes = GENESIS
     hash: bytes = b""
+    causal_rank: int = 0
+    """Where the event falls among permission revisions (see `causal_rank`); derived from the
+    envelope, so it is not part of the hash."""
+
+
+def causal_rank(revision: int, view_revision: int | None) -> int:
+    """The causal tie-breaker of the occurrence order: 2R for an event written by revision R,
+    2R + 1 for a decision taken by a view at revision R (after R was committed, before R + 1),
+    0 for an event that reflects no revision (an alarm)."""
+    if view_revision is not None:
+        return 2 * view_revision + 1
+    return 2 * revision
+
+
+def occurrence_key(r: AuditRecord) -> tuple[int, int, int]:
+    """The occurrence order: when it happened at its source, then its causal rank, then storage order."""
+    return r.source_time_us, r.causal_rank, r.seq
 
 
 def record_hash(prev_hash: bytes, r: AuditRecord) -> bytes:

@@ -13,6 +13,7 @@ from latchkey.audit.v1 import audit_pb2, audit_pb2_grpc
 
 from latchkit.envelope import PAYLOAD_TYPES
 from latchkit.errors import InvalidArgument, ServiceError, abort, handles_errors
+from services.audit.domain import AuditRecord, occurrence_key
 from services.audit.ingest import Ingest
 from services.audit.ports import AuditQuery, AuditStore
 from services.audit.records import encode_batch, encode_response
@@ -24,17 +25,29 @@ MAX_TS = 253402300799
 
 
 def encode_cursor(seq: int) -> str:
+    """A storage-order cursor: the event's seq."""
     return base64.urlsafe_b64encode(f"a1:{seq}".encode()).decode()
 
 
-def decode_cursor(cursor: str) -> int:
+def encode_occurred_cursor(r: AuditRecord) -> str:
+    """An occurrence-order cursor: the event's occurrence key (source time, causal rank, seq)."""
+    t, rank, seq = occurrence_key(r)
+    return base64.urlsafe_b64encode(f"o1:{t}:{rank}:{seq}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[str, tuple[int, ...]]:
+    """("", ()) for no cursor, ("a1", (seq,)) or ("o1", (source_us, rank, seq))."""
     if not cursor:
-        return 0
+        return "", ()
     try:
-        kind, _, seq = base64.urlsafe_b64decode(cursor.encode("ascii")).decode().partition(":")
-        if kind != "a1" or not seq.isdigit() or len(seq) > 18:
+        kind, _, rest = base64.urlsafe_b64decode(cursor.encode("ascii")).decode().partition(":")
+        parts = rest.split(":")
+        if (kind, len(parts)) not in (("a1", 1), ("o1", 3)) or not all(p.isdigit() and len(p) <= 20 for p in parts):
             raise ValueError
-        return int(seq)
+        values = tuple(int(p) for p in parts)
+        if any(v >= 2**63 for v in values):
+            raise ValueError
+        return kind, values
     except (ValueError, UnicodeError, binascii.Error):
         raise InvalidArgument("cursor", "is not a cursor from this audit log") from None
 
@@ -52,7 +65,7 @@ def _past(end_us: int) -> bool:
     return bool(end_us) and end_us <= time.time_ns() // 1000
 
 
-def parse_query(request) -> tuple[AuditQuery, int]:
+def parse_query(request) -> tuple[AuditQuery, tuple[str, tuple[int, ...]]]:
     for field in ("user_id", "door_id"):
         value = getattr(request, field)
         if len(value) > 64 or not value.isprintable():
@@ -67,6 +80,30 @@ def parse_query(request) -> tuple[AuditQuery, int]:
         raise InvalidArgument("end_time", "must be after start_time")
     query = AuditQuery(request.user_id, request.door_id, tuple(request.event_types), start, end)
     return query, decode_cursor(request.cursor)
+
+
+def choose_order(request, query: AuditQuery, cursor_kind: str) -> str:
+    """"stored" or "occurred": what the request asks for, or what its range and cursor imply.
+
+    A range is closed when it has an end_time and no follow still running (follow
+    is ignored once end_time has passed). A cursor keeps the order it was issued in.
+    """
+    closed = bool(query.end_us) and (not request.follow or _past(query.end_us))
+    if request.order == audit_pb2.AUDIT_ORDER_UNSPECIFIED:
+        order = {"a1": "stored", "o1": "occurred"}.get(cursor_kind, "occurred" if closed else "stored")
+    elif request.order == audit_pb2.AUDIT_ORDER_STORED:
+        order = "stored"
+    elif request.order == audit_pb2.AUDIT_ORDER_OCCURRED:
+        order = "occurred"
+    else:
+        raise InvalidArgument("order", "is not an AuditOrder")
+    if order == "occurred" and not closed:
+        raise InvalidArgument("order", "occurrence order needs a closed range: an end_time, and no follow "
+                                       "before that time has passed")
+    if cursor_kind and cursor_kind != {"stored": "a1", "occurred": "o1"}[order]:
+        issued = "storage" if cursor_kind == "a1" else "occurrence"
+        raise InvalidArgument("cursor", f"was issued in {issued} order; resume in that order")
+    return order
 
 
 def add_to_server(servicer: AuditServicer, server) -> str:
@@ -90,21 +127,28 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         self.ingest = ingest
 
     async def AuditLog(self, request, context):
-        """Oldest first by storage order; the cursor is that order, so resume and the live seam are exact.
+        """Storage order (follow, exact resume) or, for a closed range, occurrence order (choose_order).
+
+        In storage order the cursor is the seq, so resume and the live seam are exact.
 
         Each page is read only when the client has taken the previous one
         (every yield waits for flow control): a slow reader slows itself only.
         """
         try:
-            query, after = parse_query(request)
+            query, (kind, position) = parse_query(request)
             if not 0 <= request.max_batch <= MAX_BATCH:
                 raise InvalidArgument("max_batch", f"must be within 0..{MAX_BATCH}")
             batch = request.max_batch
+            order = choose_order(request, query, kind)
         except ServiceError as exc:
             await abort(context, exc)
             return
+        if order == "occurred":
+            stream = self._stream_occurred(query, position or None, batch)
+        else:
+            stream = self._stream(request, query, position[0] if position else 0, batch)
         try:
-            async with contextlib.aclosing(self._stream(request, query, after, batch)) as items:
+            async with contextlib.aclosing(stream) as items:
                 async for item in items:
                     yield item
         except ServiceError as exc:
@@ -134,6 +178,21 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             if not follow:
                 return
             follow = await self._await_append(tail, query.end_us)
+
+    async def _stream_occurred(self, query: AuditQuery, after: tuple[int, int, int] | None, batch: int):
+        """The closed range in occurrence order, as the store produces it (bounded, page by page)."""
+        async with contextlib.aclosing(self.store.read_occurred(query, after)) as records:
+            chunk: list[AuditRecord] = []
+            async for record in records:
+                if batch <= 1:
+                    yield encode_response(record, encode_occurred_cursor(record))
+                    continue
+                chunk.append(record)
+                if len(chunk) == batch:
+                    yield encode_batch(chunk, encode_occurred_cursor(chunk[-1]))
+                    chunk = []
+            if chunk:
+                yield encode_batch(chunk, encode_occurred_cursor(chunk[-1]))
 
     async def _await_append(self, tail: int, end_us: int) -> bool:
         """Wait until the store grows past `tail`; False once the clock reaches `end_us`.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,6 +62,16 @@ class AuditStore(Protocol):
 
         Fewer than `limit` only when no more matching records are stored yet,
         however many non-matching records lie between them.
+        """
+        ...
+
+    def read_occurred(self, query: AuditQuery, after: tuple[int, int, int] | None) -> AsyncIterator[AuditRecord]:
+        """Matching records of a closed range (`query.end_us` set) in occurrence order, strictly after `after`.
+
+        Occurrence order is `domain.occurrence_key`: source time, then causal rank,
+        then seq; `after` is such a key (None: from the start). A snapshot of the
+        records stored when iteration begins. Memory stays bounded however large
+        the range: records are produced page by page, never sorted all at once.
         """
         ...
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
+from google.protobuf.message import DecodeError
 from latchkey.audit.v1 import audit_pb2
 from latchkey.events.v1 import events_pb2 as ev
 
 from latchkit.envelope import varint
-from services.audit.domain import AuditRecord
+from services.audit.domain import AuditRecord, causal_rank
 
 
 def _subjects(env) -> tuple[str, str, str, str, str]:
@@ -35,8 +36,24 @@ def to_record(env, raw: bytes) -> AuditRecord:
         seq=0, event_id=env.event_id, type=env.type, actor=env.actor, action=env.type.split(".", 1)[-1],
         user_id=user, door_id=door, credential_id=cred, outcome=outcome, reason=reason, revision=env.revision,
         source_time_us=env.occurred_at.seconds * 1_000_000 + env.occurred_at.nanos // 1000,
-        stored_time_us=time.time_ns() // 1000, envelope=raw,
+        stored_time_us=time.time_ns() // 1000, envelope=raw, causal_rank=rank_of(env),
     )
+
+
+def rank_of(env) -> int:
+    """The envelope's causal rank: its commit revision, or for a decision the view revision it reflects."""
+    decided = env.unlock_decided.view_revision if env.WhichOneof("payload") == "unlock_decided" else None
+    return causal_rank(env.revision, decided)
+
+
+def stored_rank(envelope: bytes) -> int:
+    """The causal rank of stored envelope bytes (rows stored before the rank was kept); 0 if unreadable."""
+    env = ev.Envelope()
+    try:
+        env.ParseFromString(envelope)
+    except DecodeError:  # an undecodable row ranks 0: at an equal time the storage order decides
+        return 0
+    return rank_of(env)
 
 
 _ENVELOPE_TAG = bytes([(audit_pb2.AuditEvent.ENVELOPE_FIELD_NUMBER << 3) | 2])

@@ -396,3 +396,129 @@ async def test_a_commit_whose_answer_is_lost_is_settled_not_repeated(cql_stores,
     everything = await store.read(AuditQuery(), 0, 100)
     assert ids(everything[2:]) == ids(settled + later)
     assert await store.verify(0, 0) == (7, None)
+
+
+# ---- occurrence order: closed ranges read in the order things happened ----------
+
+def happened(t_us: int, *, decided_at: int | None = None, revision: int = 0, door: str = "d1",
+             alarm: bool = False) -> AuditRecord:
+    """A record built from a real envelope, as ingest builds it: a permission change of `revision`,
+    a decision taken by a view at `decided_at`, or an alarm."""
+    from latchkey.events.v1 import events_pb2 as ev
+
+    from services.audit.records import to_record
+
+    env = ev.Envelope(event_id=str(uuid.uuid4()), actor="spiffe://latchkey/role/admin")
+    env.occurred_at.FromMicroseconds(t_us)
+    if alarm:
+        env.type = "access.security_alarm"
+        env.security_alarm.door_id, env.security_alarm.kind = door, "REPEATED_DENIALS"
+    elif decided_at is not None:
+        env.type = "access.unlock_decided"
+        env.unlock_decided.door_id, env.unlock_decided.user_id = door, "u1"
+        env.unlock_decided.view_revision = decided_at
+    else:
+        env.type, env.revision = "permissions.door_changed", revision
+        env.door_changed.door_id = door
+    return to_record(env, env.SerializeToString())
+
+
+async def occurred(store, query: AuditQuery, after=None) -> list[AuditRecord]:
+    return [r async for r in store.read_occurred(query, after)]
+
+
+async def test_a_closed_range_reads_in_the_order_things_happened(store):
+    from services.audit.domain import occurrence_key
+
+    t = NOW_US - 3_600_000_000
+    # Stored in the order the two streams delivered them, which is not the order of occurrence.
+    lockdown = happened(t + 10_000_000, revision=11)
+    grant = happened(t + 20_000_000, revision=12)
+    # A decision in the same microsecond as the lockdown, by a view that had not applied it yet,
+    # and one by a view that had; two decisions tied in time and revision keep their storage order.
+    before = happened(t + 10_000_000, decided_at=10)
+    after_ = happened(t + 10_000_000, decided_at=11)
+    tied = [happened(t + 12_000_000, decided_at=11) for _ in range(2)]
+    spooled = happened(t + 5_000_000, decided_at=9)
+    alarm = happened(t + 15_000_000, alarm=True)
+    outside = [happened(t - 1, revision=10), happened(t + 30_000_000, revision=13)]
+    await store.append([lockdown, grant, outside[0]])
+    await store.append([before, after_, *tied, alarm, outside[1]])
+    await store.append([spooled])
+    query = AuditQuery(start_us=t, end_us=t + 30_000_000)
+    expected = [spooled, before, lockdown, after_, *tied, alarm, grant]
+    got = await occurred(store, query)
+    assert ids(got) == ids(expected)
+    assert [occurrence_key(r) for r in got] == sorted(occurrence_key(r) for r in got)
+    # Resuming after any event's key gives exactly the rest, and filters hold.
+    assert ids(await occurred(store, query, occurrence_key(got[2]))) == ids(expected[3:])
+    assert ids(await occurred(store, replace(query, types=("permissions.door_changed",)))) == ids([lockdown, grant])
+    assert ids(await occurred(store, replace(query, user_id="u1"))) == ids([spooled, before, after_, *tied])
+    assert ids(await occurred(store, replace(query, door_id="d1"))) == ids(expected)
+    assert ids(await occurred(store, replace(query, door_id="d2"))) == []
+    # The storage order (and its chain) is untouched.
+    assert ids(await store.read(AuditQuery(), 0, 100)) == ids(
+        [lockdown, grant, outside[0], before, after_, *tied, alarm, outside[1], spooled])
+    assert await store.verify(0, 0) == (10, None)
+
+
+async def test_occurrence_order_merges_events_stored_on_different_days(stores):
+    now = [NOW_US - DAY_US]
+    store = await stores.open(clock=lambda: now[0])
+    t = NOW_US - 2 * DAY_US
+    # Yesterday's events, then today a door's spooled decisions from between them.
+    first = [happened(t + i * 2_000_000, revision=20 + i) for i in range(6)]
+    await store.append(first)
+    now[0] = NOW_US
+    late = [happened(t + i * 2_000_000 + 1_000_000, decided_at=20 + i) for i in range(6)]
+    await store.append(late)
+    expected = [r for pair in zip(first, late, strict=True) for r in pair]
+    assert ids(await occurred(store, AuditQuery(end_us=NOW_US))) == ids(expected)
+    assert ids(await occurred(store, AuditQuery(door_id="d1", end_us=NOW_US))) == ids(expected)
+    assert ids(await occurred(store, AuditQuery(door_id="d2", end_us=NOW_US))) == []
+
+
+async def test_occurrence_order_holds_a_bounded_window_of_small_partitions(cql_stores, monkeypatch):
+    from services.audit.adapters import scylla_store
+
+    # Parts of 8 rows, slices of 3 s and at most 4 rows held per read: every part is read
+    # several times, and parts with late rows come back when the sweep reaches them.
+    monkeypatch.setattr(scylla_store, "PART_BITS", 3)
+    monkeypatch.setattr(scylla_store, "PART_SLICE_US", 3_000_000)
+    monkeypatch.setattr(scylla_store, "KEY_DAY_SLICE_US", 3_000_000)
+    monkeypatch.setattr(scylla_store, "OCCURRENCE_KEEP", 4)
+    store = await cql_stores.open()
+    t = NOW_US - 3_600_000_000
+    written = [happened(t + ((i * 7) % 40) * 1_000_000, revision=100 + i) for i in range(40)]
+    for start in range(0, 40, 5):
+        await store.append(written[start:start + 5])
+    expected = sorted(written, key=lambda r: r.source_time_us)
+    assert ids(await occurred(store, AuditQuery(end_us=NOW_US))) == ids(expected)
+    assert ids(await occurred(store, AuditQuery(door_id="d1", end_us=NOW_US))) == ids(expected)
+    window = AuditQuery(start_us=t + 10_000_000, end_us=t + 30_000_000)
+    assert ids(await occurred(store, window)) == ids(expected[10:30])
+
+
+async def test_an_embedded_store_from_before_occurrence_order_gets_its_ranks_and_keeps_its_chain(tmp_path):
+    from services.audit.adapters.sqlite_store import SqliteAuditStore
+
+    # A store written before the causal rank was kept: the column is dropped again, as it was then.
+    path = tmp_path / "old.sqlite"
+    t = NOW_US - 3_600_000_000
+    change, decision = happened(t, revision=5), happened(t, decided_at=4)
+    old = SqliteAuditStore(path)
+    await old.open()
+    await old.append([change, decision])
+    await old.close()
+    with sqlite3.connect(path) as db:
+        for index in ("ix_events_occurred", "ix_events_door_occurred"):
+            db.execute(f"DROP INDEX {index}")
+        db.execute("ALTER TABLE events DROP COLUMN causal_rank")
+    # Opened by this version: each rank comes from its stored envelope; the chain is as it was.
+    store = SqliteAuditStore(path)
+    await store.open()
+    try:
+        assert ids(await occurred(store, AuditQuery(end_us=NOW_US))) == ids([decision, change])
+        assert await store.verify(0, 0) == (2, None)
+    finally:
+        await store.close()

@@ -31,8 +31,17 @@ from pathlib import Path
 from latchkit import scylla as cql
 from latchkit.errors import Unavailable
 from latchkit.scylla import ScyllaSettings, connect, execute, pages
-from services.audit.domain import GENESIS, AuditRecord, ChainBreak, record_hash, verify
+from services.audit.adapters.occurrence_merge import Source, merge
+from services.audit.domain import (
+    GENESIS,
+    AuditRecord,
+    ChainBreak,
+    occurrence_key,
+    record_hash,
+    verify,
+)
 from services.audit.ports import AuditQuery, AuditWriterFenced
+from services.audit.records import stored_rank
 
 CQL_DIR = Path(__file__).resolve().parent.parent / "cql"
 DAY_US = 86_400_000_000
@@ -43,6 +52,13 @@ SPAN_SHIFT = 5
 """`audit_parts` groups the parts of 2**5 = 32 days in one partition."""
 TARGET_WINDOWS = 80
 """TWCS windows over the retention period (fewer than ~100 keeps compaction cheap)."""
+PART_SLICE_US = 60_000_000
+"""Occurrence order reads rows of a part up to a minute (in source time) past the sweep point:
+about one part's worth at the design rate, never hours of a part that holds a late event."""
+KEY_DAY_SLICE_US = 3_600_000_000
+"""A door's or user's day partition is read an hour at a time (a busy door: ~3,600 rows)."""
+OCCURRENCE_KEEP = 16_384
+"""At most this many rows of one partition read are held (one full part)."""
 WRITES_IN_FLIGHT = 256
 STATEMENTS_PER_BATCH = 32
 IDS_PER_QUERY = 64
@@ -450,6 +466,49 @@ class ScyllaAuditStore:
                         if len(found) >= limit:
                             return found
         return found
+
+    async def read_occurred(self, query: AuditQuery, after: tuple[int, int, int] | None):
+        """Occurrence order by a sweep merge (occurrence_merge.py) of the parts, or of the door/user days.
+
+        Each partition's lower source-time bound comes from `audit_parts`; the
+        causal rank is derived from each row's envelope (rows keep no column of it).
+        """
+        with unavailable_on_driver_errors():
+            view = await self._view()
+            sources = await self._occurrence_sources(view, query, after)
+
+            async def read(name, resume, window) -> None:
+                stmt, params = name
+                async for page in pages(self.session, stmt, params):
+                    for row in page:
+                        r = _record(row)
+                        if not view.valid(r.seq, row[-1]) or not self._matches(r, query):
+                            continue
+                        r = replace(r, causal_rank=stored_rank(r.envelope))
+                        if resume is None or occurrence_key(r) > resume:
+                            window.offer(r)
+
+            async for r in merge(sources, read, after, OCCURRENCE_KEEP):
+                yield r
+
+    async def _occurrence_sources(self, view: ChainView, query: AuditQuery,
+                                  after: tuple[int, int, int] | None) -> list[Source]:
+        """The partitions that may hold a row of the range, each with its earliest possible source time."""
+        start = max(query.start_us, after[0] if after else 0)
+        lows: dict[int, int] = {}
+        async for part, ranges in self._parts(view, 0):
+            low, high = min(lo for _, lo, _ in ranges), max(h for _, _, h in ranges)
+            if high < start or (query.end_us and low >= query.end_us):
+                continue
+            # A door or user filter reads that key's day partition: its bound is the lowest of its parts.
+            name = day_of_part(part) if query.door_id or query.user_id else part
+            lows[name] = min(lows.get(name, low), low)
+        if query.door_id or query.user_id:
+            stmt, key = self.s["door" if query.door_id else "user"], query.door_id or query.user_id
+            return [Source(max(low, start), KEY_DAY_SLICE_US, (stmt, (key, day, 0, view.tail)))
+                    for day, low in lows.items()]
+        return [Source(max(low, start), PART_SLICE_US, (self.s["rows"], (part, 0, view.tail)))
+                for part, low in lows.items()]
 
     @staticmethod
     def _matches(r: AuditRecord, q: AuditQuery) -> bool:
