@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 import nats
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from latchkit import tracing
@@ -163,6 +163,56 @@ async def ensure_streams(js, settings: BusSettings) -> None:
             await js.add_stream(config)
         else:
             await js.update_stream(config)
+
+
+@asynccontextmanager
+async def session(settings: BusSettings, *, name: str, **options) -> AsyncIterator[tuple[nats.NATS, Any]]:
+    """`(nc, js)` with the streams ensured, for one attempt of a loop run by `retry.retry_forever`.
+
+    No reconnects: a lost connection ends the attempt, and the loop's backoff
+    (one outage policy, latchkit/retry.py) starts the next one. The connection
+    is closed within a bounded time however the attempt ends.
+    """
+    nc = await connect(settings, name=name, allow_reconnect=False, **options)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, settings)
+        yield nc, js
+    finally:
+        await close(nc)
+
+
+async def fresh_pull_consumer(js, stream: str, config: ConsumerConfig):
+    """A pull subscription on a durable consumer created anew from `config`.
+
+    Re-created at every attempt at the consumer's own start position: what a dead
+    process had fetched and not acknowledged comes again at once, instead of after
+    `ack_wait` (a durable consumer reused as it was would keep that hole).
+    """
+    with suppress(NotFoundError):
+        await js.delete_consumer(stream, config.durable_name)
+    await js.add_consumer(stream, config)
+    return await js.pull_subscribe_bind(config.durable_name, stream=stream)
+
+
+async def consume(puller: Puller, handle: Callable[[list], Awaitable[None]], backoff: Any,
+                  beat: Callable[[], None] | None = None) -> None:
+    """Fetch and handle batches until a failure ends the attempt.
+
+    The backoff is reset after every batch handled and after every idle fetch
+    (the broker answered), never before `handle`: a store that keeps failing
+    backs off. `beat` (optional) is called before every fetch (a stall check).
+    """
+    while True:
+        if beat is not None:
+            beat()
+        try:
+            msgs = await puller.next()
+        except TimeoutError:
+            backoff.reset()
+            continue
+        await handle(msgs)
+        backoff.reset()
 
 
 class Puller:
