@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -27,7 +27,8 @@ from services.permissions.entitlements import Entitlements
 from services.permissions.service import Idempotent, Replayed, Written
 from services.permissions.snapshot import AccessSnapshot
 
-Context = grpc.aio.ServicerContext
+# The rows keep enums as ints (validated on the way in); the casts below only tell mypy so.
+Context: TypeAlias = grpc.aio.ServicerContext
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")
 
@@ -63,7 +64,8 @@ def group_pb(r: Group) -> pm.Group:
 
 def schedule_pb(r: Schedule) -> pm.Schedule:
     m = pm.Schedule(schedule_id=r.schedule_id, name=r.name, windows=[
-        ev.ScheduleWindow(day_of_week=w.day, start_minute=w.start_minute, end_minute=w.end_minute)
+        ev.ScheduleWindow(day_of_week=cast(ev.DayOfWeek, w.day), start_minute=w.start_minute,
+                          end_minute=w.end_minute)
         for w in r.windows])
     ts(r.create_time, m.create_time)
     ts(r.update_time, m.update_time)
@@ -71,7 +73,8 @@ def schedule_pb(r: Schedule) -> pm.Schedule:
 
 
 def credential_pb(r: Credential) -> pm.Credential:
-    m = pm.Credential(credential_id=r.credential_id, user_id=r.user_id, kind=r.kind, label=r.label,
+    m = pm.Credential(credential_id=r.credential_id, user_id=r.user_id, kind=cast(ev.CredentialKind, r.kind),
+                      label=r.label,
                       state=ev.CREDENTIAL_STATE_REVOKED if r.revoked else ev.CREDENTIAL_STATE_ACTIVE)
     ts(r.create_time, m.create_time)
     ts(r.revoke_time, m.revoke_time)
@@ -214,7 +217,7 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
     @handles_errors
     async def UpdateDoor(self, request: pm.UpdateDoorRequest, context: Context) -> pm.UpdateDoorResponse:
         door_id = validation.uuid_str(request.door.door_id, "door.door_id")
-        changes = {}
+        changes: dict[str, Any] = {}
         for path in mask_paths(request, ("name", "site", "time_zone", "max_view_staleness")):
             value = getattr(request.door, path)
             if path == "time_zone":
@@ -420,8 +423,9 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
         verdict, revision = await self.entitlements.explain(user_id, door_id, at)
         return pm.ExplainAccessResponse(
             decision=ev.DECISION_GRANTED if verdict.granted else ev.DECISION_DENIED,
-            reason=int(verdict.reason), revision=revision,
-            grants=[pm.GrantEvaluation(grant_id=r.grant_id, via_group_id=r.via_group_id, reason=int(reason))
+            reason=cast(ev.DecisionReason, int(verdict.reason)), revision=revision,
+            grants=[pm.GrantEvaluation(grant_id=r.grant_id, via_group_id=r.via_group_id,
+                                        reason=cast(ev.DecisionReason, int(reason)))
                     for r, reason in verdict.per_rule],
         )
 

@@ -146,9 +146,14 @@ class UnitOfWork(Protocol):
     its events are written with it at commit. A write with no events, or cancelled, rolls
     back and gives its revision back (`revision` is then the last committed one)."""
 
-    store: PermissionsStore
-    idempotency: IdempotencyStore
     revision: int
+
+    # Read-only here, so an adapter may keep its own store types (plain attributes do).
+    @property
+    def store(self) -> PermissionsStore: ...
+
+    @property
+    def idempotency(self) -> IdempotencyStore: ...
 
     def emit(self, payload: Any, aggregate_key: str) -> None:
         """Queue an event (a `latchkey.events.v1` message) for this transaction's revision."""

@@ -18,7 +18,7 @@ import hmac
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast, overload
 
 from latchkey.events.v1 import events_pb2 as ev
 
@@ -33,7 +33,12 @@ from services.permissions.domain import (
     decode_page_token,
     encode_page_token,
 )
-from services.permissions.ports import PermissionsStore, UnitOfWork, UnitOfWorkFactory
+from services.permissions.ports import (
+    PermissionsStore,
+    StoredResponse,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 
 T = TypeVar("T")
 
@@ -103,11 +108,20 @@ class UseCases:
         self.now = clock
         self.new_id = ids
 
+    @overload
+    async def _write(self, work: Callable[[UnitOfWork], Awaitable[T]],
+                     idempotent: None = None) -> Written[T]: ...
+
+    @overload
+    async def _write(self, work: Callable[[UnitOfWork], Awaitable[T]],
+                     idempotent: Idempotent | None) -> Written[T] | Replayed: ...
+
     async def _write(self, work: Callable[[UnitOfWork], Awaitable[T]],
                      idempotent: Idempotent | None = None) -> Written[T] | Replayed:
+        """The write; without a request_id it is always `Written`, with one a retry is `Replayed`."""
         key = idempotent if idempotent is not None and idempotent.request_id else None
         digest = request_hash(self.hmac_key, key.method, key.request) if key else b""
-        replay = None
+        replay: StoredResponse | None = None
         async with self.uow.write() as uow:
             if key:
                 replay = await uow.idempotency.find(key.caller, key.request_id)
@@ -118,7 +132,7 @@ class UseCases:
                 if key:
                     await uow.idempotency.save(key.caller, key.request_id, key.method,
                                                key.encode(value, uow.revision), digest)
-        if replay is not None:
+        if key is not None and replay is not None:  # only a request_id finds a stored answer
             if replay.method != key.method:
                 raise AlreadyExists(f"request_id was already used for {replay.method}")
             # Answers stored before requests were hashed carry none: replayed as they always were.
@@ -153,6 +167,7 @@ class UseCases:
 
 
 # ---- events ----------------------------------------------------------------------
+# The rows keep enums as ints (validated on the way in); the casts only tell mypy so.
 
 def user_event(user: User, deleted: bool = False) -> ev.UserChanged:
     state = ev.USER_STATE_SUSPENDED if user.suspended else ev.USER_STATE_ACTIVE
@@ -168,17 +183,18 @@ def door_event(door: Door, deleted: bool = False) -> ev.DoorChanged:
 
 
 def schedule_event(schedule: Schedule, deleted: bool = False) -> ev.ScheduleChanged:
-    windows = [] if deleted else [ev.ScheduleWindow(day_of_week=w.day, start_minute=w.start_minute,
-                                                    end_minute=w.end_minute) for w in schedule.windows]
+    windows = [] if deleted else [ev.ScheduleWindow(day_of_week=cast(ev.DayOfWeek, w.day),
+                                                    start_minute=w.start_minute, end_minute=w.end_minute)
+                                  for w in schedule.windows]
     return ev.ScheduleChanged(schedule_id=schedule.schedule_id, name=schedule.name, windows=windows,
                               deleted=deleted)
 
 
 def credential_event(c: Credential, *, deleted: bool = False) -> ev.CredentialChanged:
     state = ev.CREDENTIAL_STATE_REVOKED if c.revoked or deleted else ev.CREDENTIAL_STATE_ACTIVE
-    return ev.CredentialChanged(credential_id=c.credential_id, user_id=c.user_id, kind=c.kind,
-                                secret_hash=c.secret_hash, state=state, deleted=deleted,
-                                label="" if deleted else c.label)
+    return ev.CredentialChanged(credential_id=c.credential_id, user_id=c.user_id,
+                                kind=cast(ev.CredentialKind, c.kind), secret_hash=c.secret_hash, state=state,
+                                deleted=deleted, label="" if deleted else c.label)
 
 
 def grant_event(g: Grant, revoked: bool | None = None) -> ev.GrantChanged:

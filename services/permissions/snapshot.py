@@ -10,9 +10,11 @@ and `ExplainAccess` use, so the snapshot and the events cannot disagree.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import cast
 
 import grpc
+from latchkey.events.v1 import events_pb2 as ev
 from latchkey.permissions.v1 import permissions_pb2 as pm
 
 from access_rules.codec import to_event
@@ -43,7 +45,7 @@ class AccessSnapshot:
             # The database's outage, before or during the stream: UNAVAILABLE, not UNKNOWN.
             await abort(context, exc)
 
-    async def export(self) -> AsyncIterator[pm.ExportAccessSnapshotResponse]:
+    async def export(self) -> AsyncGenerator[pm.ExportAccessSnapshotResponse, None]:
         """The snapshot as `ExportAccessSnapshot` streams it.
 
         The transaction stays open across every yield: each message is computed only
@@ -59,7 +61,7 @@ class AccessSnapshot:
 
 
 async def _messages(store: PermissionsStore, revision: int, pairs: list[Pair],
-                    credentials: list[Credential]) -> AsyncIterator[pm.ExportAccessSnapshotResponse]:
+                    credentials: list[Credential]) -> AsyncGenerator[pm.ExportAccessSnapshotResponse, None]:
     def message() -> pm.ExportAccessSnapshotResponse:
         return pm.ExportAccessSnapshotResponse(revision=revision, pairs_total=len(pairs),
                                                credentials_total=len(credentials))
@@ -84,7 +86,8 @@ async def _messages(store: PermissionsStore, revision: int, pairs: list[Pair],
     for start in range(0, len(credentials), CHUNK):
         out = message()
         out.credentials.extend(
-            pm.AccessSnapshotCredential(credential_id=c.credential_id, user_id=c.user_id, kind=c.kind,
+            pm.AccessSnapshotCredential(credential_id=c.credential_id, user_id=c.user_id,
+                                        kind=cast(ev.CredentialKind, c.kind),
                                         secret_hash=c.secret_hash, revoked=c.revoked)
             for c in credentials[start:start + CHUNK])
         yield out

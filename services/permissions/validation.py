@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import uuid
 import zoneinfo
+from collections.abc import Sequence
 
+from google.protobuf.duration_pb2 import Duration
 from latchkey.events.v1 import events_pb2 as ev
 
 from access_rules.rules import Window
@@ -67,7 +69,7 @@ def time_zone(value: str, field: str) -> str:
 MAX_VIEW_STALENESS_MS = (1_000, 3_600_000)
 
 
-def max_view_staleness_ms(value, field: str) -> int:
+def max_view_staleness_ms(value: Duration, field: str) -> int:
     """A fail-closed door's bound, in milliseconds: 0 (off) or 1 s..1 h in whole milliseconds."""
     seconds, nanos = value.seconds, value.nanos
     if not seconds and not nanos:
@@ -78,7 +80,7 @@ def max_view_staleness_ms(value, field: str) -> int:
     return seconds * 1000 + nanos // 1_000_000
 
 
-def windows(items, field: str) -> list[Window]:
+def windows(items: Sequence[ev.ScheduleWindow], field: str) -> list[Window]:
     """At least one window; each within one day; windows of one day must not overlap."""
     if not items:
         raise InvalidArgument(field, "at least one window is required")

@@ -144,7 +144,8 @@ class OutboxRelay:
         # A full round means more may be waiting; only then is counting worth a query.
         backlog = len(rows) - acked
         if len(rows) == self.batch:
-            backlog = (await (await conn.execute("SELECT count(*) FROM outbox")).fetchone())[0]
+            counted = await (await conn.execute("SELECT count(*) FROM outbox")).fetchone()
+            backlog = counted[0] if counted is not None else backlog  # count(*) always has its row
         BACKLOG.set(backlog)
         if error is not None:
             raise error

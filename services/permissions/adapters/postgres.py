@@ -19,7 +19,7 @@ import functools
 import logging
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -68,6 +68,13 @@ def _references():
         raise ForeignKeyViolation(exc.diag.constraint_name or "") from None
 
 
+class MissingRow(RuntimeError):
+    """A statement that must return a row returned none: an internal error, never the caller's."""
+
+    def __init__(self, sql: str) -> None:
+        super().__init__(f"expected a row from {' '.join(sql.split()[:3])} ..., got none")
+
+
 class PostgresUnitOfWork:
     """`ports.UnitOfWork`: one transaction on one psycopg connection (SQLAlchemy provides the pool).
 
@@ -95,6 +102,17 @@ class PostgresUnitOfWork:
     async def row(self, sql: str, **params: Any) -> dict | None:
         rows = await self.rows(sql, **params)
         return rows[0] if rows else None
+
+    async def row_required(self, sql: str, **params: Any) -> dict:
+        """The one row a statement must return (an INSERT/UPDATE ... RETURNING of a checked row).
+
+        None here is a bug (the use case checked the row first, under its lock), so it raises
+        `MissingRow` naming the statement: not a `ServiceError`, the caller gets no domain status.
+        """
+        found = await self.row(sql, **params)
+        if found is None:
+            raise MissingRow(sql)
+        return found
 
     async def execute(self, sql: str, **params: Any) -> int:
         async with self.conn.cursor() as cur:
@@ -163,12 +181,14 @@ class Database:
             sqlalchemy_url(dsn), pool_size=pool_size, max_overflow=0, pool_pre_ping=True,
             pool_timeout=5,
         )
+        self.pool_size = pool_size
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
         async with self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
-            yield raw.driver_connection
+            # The engine is built on psycopg's async driver: this is its connection.
+            yield cast(psycopg.AsyncConnection, raw.driver_connection)
 
     @contextlib.asynccontextmanager
     async def read(self, *, snapshot: bool = False) -> AsyncIterator[PostgresUnitOfWork]:
@@ -199,7 +219,10 @@ class Database:
                 async with conn.cursor() as cur:
                     await cur.execute(BEGIN_AND_TAKE_REVISION)
                     cur.nextset()  # past BEGIN's result to the UPDATE's
-                    revision = (await cur.fetchone())[0]
+                    taken = await cur.fetchone()
+                    if taken is None:
+                        raise MissingRow(BEGIN_AND_TAKE_REVISION)
+                    revision = taken[0]
                 uow.revision = revision
                 yield uow
                 if uow.cancelled or not uow.events:
@@ -225,7 +248,7 @@ class Database:
         the spikes in write latency. Not fatal: without the database the pool stays
         lazy and requests get UNAVAILABLE as before.
         """
-        size = self.engine.pool.size()
+        size = self.pool_size
         opened = 0
         all_open = asyncio.Event()
 

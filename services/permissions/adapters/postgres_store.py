@@ -88,7 +88,8 @@ class PostgresPermissionsStore:
         self.uow = uow
 
     async def revision(self) -> int:
-        return (await self.uow.row("SELECT revision FROM revision_counter WHERE id = 1"))["revision"]
+        row = await self.uow.row_required("SELECT revision FROM revision_counter WHERE id = 1")
+        return row["revision"]
 
     async def _get(self, table: str, key: str, value: str, cols: str, lock: bool) -> dict | None:
         return await self.uow.row(f"SELECT {cols} FROM {table} WHERE {key} = CAST(:k AS uuid)"
@@ -104,8 +105,9 @@ class PostgresPermissionsStore:
                       at: dt.datetime) -> dict:
         sets = "".join(f"{k} = :{k}, " if k != "external_id" else "external_id = NULLIF(:external_id, ''), "
                        for k in changes)
-        return await self.uow.row(f"UPDATE {table} SET {sets}update_time = :t WHERE {key} = CAST(:k AS uuid) "
-                                  f"RETURNING {cols}", k=value, t=at, **changes)
+        return await self.uow.row_required(
+            f"UPDATE {table} SET {sets}update_time = :t WHERE {key} = CAST(:k AS uuid) RETURNING {cols}",
+            k=value, t=at, **changes)
 
     # ---- users -----------------------------------------------------------------
     async def get_user(self, user_id: str, *, lock: bool = False) -> User | None:
@@ -118,7 +120,7 @@ class PostgresPermissionsStore:
 
     async def insert_user(self, user_id: str, display_name: str, email: str, external_id: str,
                           at: dt.datetime) -> User:
-        return User(**await self.uow.row(
+        return User(**await self.uow.row_required(
             "INSERT INTO users (user_id, display_name, email, external_id, create_time, update_time) "
             f"VALUES (CAST(:id AS uuid), :n, :e, NULLIF(:x, ''), :t, :t) RETURNING {USER_COLS}",
             id=user_id, n=display_name, e=email, x=external_id, t=at))
@@ -141,7 +143,7 @@ class PostgresPermissionsStore:
 
     async def insert_door(self, door_id: str, name: str, site: str, time_zone: str, lockdown: bool,
                           max_view_staleness_ms: int, at: dt.datetime) -> Door:
-        return Door(**await self.uow.row(
+        return Door(**await self.uow.row_required(
             "INSERT INTO doors (door_id, name, site, time_zone, lockdown, max_view_staleness_ms, create_time, "
             f"update_time) VALUES (CAST(:id AS uuid), :n, :s, :z, :l, :m, :t, :t) RETURNING {DOOR_COLS}",
             id=door_id, n=name, s=site, z=time_zone, l=lockdown, m=max_view_staleness_ms, t=at))
@@ -166,7 +168,7 @@ class PostgresPermissionsStore:
                                        n=name, g=other_than))
 
     async def insert_group(self, group_id: str, name: str, at: dt.datetime) -> Group:
-        return Group(**await self.uow.row(
+        return Group(**await self.uow.row_required(
             "INSERT INTO groups (group_id, name, create_time, update_time) "
             f"VALUES (CAST(:id AS uuid), :n, :t, :t) RETURNING {GROUP_COLS}", id=group_id, n=name, t=at))
 
@@ -223,8 +225,8 @@ class PostgresPermissionsStore:
 
     async def insert_schedule(self, schedule_id: str, name: str, windows: list[Window],
                               at: dt.datetime) -> Schedule:
-        row = await self.uow.row(f"INSERT INTO schedules VALUES (CAST(:id AS uuid), :n, :t, :t) "
-                                 f"RETURNING {SCHEDULE_COLS}", id=schedule_id, n=name, t=at)
+        row = await self.uow.row_required(f"INSERT INTO schedules VALUES (CAST(:id AS uuid), :n, :t, :t) "
+                                          f"RETURNING {SCHEDULE_COLS}", id=schedule_id, n=name, t=at)
         await self._write_windows(schedule_id, windows)
         return Schedule(**row, windows=tuple(sorted(windows, key=lambda w: (w.day, w.start_minute))))
 
@@ -259,13 +261,13 @@ class PostgresPermissionsStore:
 
     async def insert_credential(self, credential_id: str, user_id: str, kind: int, secret_hash: bytes,
                                 label: str, at: dt.datetime) -> Credential:
-        return _credential(await self.uow.row(
+        return _credential(await self.uow.row_required(
             "INSERT INTO credentials (credential_id, user_id, kind, secret_hash, label, create_time) "
             f"VALUES (CAST(:c AS uuid), CAST(:u AS uuid), :k, :h, :l, :t) RETURNING {CRED_COLS}",
             c=credential_id, u=user_id, k=kind, h=secret_hash, l=label, t=at))
 
     async def revoke_credential(self, credential_id: str, at: dt.datetime) -> Credential:
-        return _credential(await self.uow.row(
+        return _credential(await self.uow.row_required(
             "UPDATE credentials SET revoked = true, revoke_time = :t WHERE credential_id = CAST(:c AS uuid) "
             f"RETURNING {CRED_COLS}", t=at, c=credential_id))
 
@@ -287,7 +289,7 @@ class PostgresPermissionsStore:
                            valid_from: dt.datetime | None, valid_until: dt.datetime | None, schedule_id: str,
                            at: dt.datetime) -> Grant:
         try:
-            row = await self.uow.row(
+            row = await self.uow.row_required(
                 "INSERT INTO grants (grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id, "
                 "create_time) VALUES (CAST(:g AS uuid), CAST(NULLIF(:u, '') AS uuid), "
                 "CAST(NULLIF(:gr, '') AS uuid), CAST(:d AS uuid), :vf, :vu, CAST(NULLIF(:s, '') AS uuid), :t) "
