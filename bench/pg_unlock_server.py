@@ -10,8 +10,7 @@ from latchkey.events.v1 import events_pb2 as ev
 
 from access_rules.rules import Reason, evaluate
 from bench.echo_server import floor_settings
-from latchkit import secret_hash as secrets
-from latchkit import server
+from latchkit import secret_hash, server
 from latchkit.errors import handles_errors
 from services.access.service import check_id
 from services.permissions import effective
@@ -30,7 +29,7 @@ class PgUnlock(access_pb2_grpc.AccessServiceServicer):
         async with self.db.read() as uow:
             user_id = request.user_id
             if request.HasField("credential"):
-                digest = secrets.hash_secret(self.key, request.credential.kind, request.credential.secret)
+                digest = secret_hash.hash_secret(self.key, request.credential.kind, request.credential.secret)
                 row = await uow.row("SELECT user_id::text AS u, revoked FROM credentials WHERE kind = :k AND "
                                     "secret_hash = :h ORDER BY revoked LIMIT 1", k=request.credential.kind, h=digest)
                 if row is None or row["revoked"]:
@@ -47,7 +46,7 @@ async def main() -> None:
     db = Database(os.environ["LATCHKEY_POSTGRES_DSN"], pool_size=32)
 
     def register(srv) -> list[str]:
-        access_pb2_grpc.add_AccessServiceServicer_to_server(PgUnlock(db, secrets.load_hmac_key()), srv)
+        access_pb2_grpc.add_AccessServiceServicer_to_server(PgUnlock(db, secret_hash.load_hmac_key()), srv)
         return []
 
     await server.serve_forever(floor_settings(), server.ServiceSpec(name="pg-unlock", register=register, on_stop=db.close))

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from latchkey.access.v1 import access_pb2, access_pb2_grpc
 
-from latchkit import authz, health
-from latchkit import secret_hash as secrets
+from latchkit import authz, health, secret_hash
 from latchkit.server import ServiceSpec
 from services.access.adapters.redis_cache import RedisUnlockCache
 from services.access.adapters.sqlite_redis_backlog import SqliteRedisBacklog
@@ -112,7 +111,7 @@ def build(settings: AccessSettings | None = None) -> AccessApp:
     freshness = (FreshnessProver(view, settings.bus, projector.durable) if projector is not None
                  else PolledFreshness(view.fresh_at))
     service = UnlockService(
-        view, cache, decisions, secrets.load_hmac_key(), projector=projector,
+        view, cache, decisions, secret_hash.load_hmac_key(), projector=projector,
         min_revision_wait=settings.min_revision_wait_seconds,
         credential_throttle=DenialThrottle(settings.throttle_window_seconds, settings.throttle_credential_denials),
         door_throttle=DenialThrottle(settings.throttle_window_seconds, settings.throttle_door_denials),

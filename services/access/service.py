@@ -22,8 +22,7 @@ from prometheus_client import Counter
 
 from access_rules import codec as access_codec
 from access_rules.rules import Reason, decide
-from latchkit import envelope, timestamps
-from latchkit import secret_hash as secrets
+from latchkit import envelope, secret_hash, timestamps
 from latchkit.authz import may_unlock
 from latchkit.errors import InvalidArgument, PermissionDenied, Unavailable
 from latchkit.identity import Principal
@@ -117,7 +116,7 @@ class UnlockService:
         self.cache = cache
         self.lookup = UnlockLookup(view, cache, local, self._verdict)
         self.decisions = decisions
-        self.hasher = secrets.SecretHasher(hmac_key)
+        self.hasher = secret_hash.SecretHasher(hmac_key)
         self.projector = projector
         self.min_revision_wait = min_revision_wait
         self.credential_throttle = credential_throttle

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from latchkey.permissions.v1 import permissions_pb2, permissions_pb2_grpc
 
-from latchkit import authz, health
-from latchkit import secret_hash as secrets
+from latchkit import authz, health, secret_hash
 from latchkit.server import ServiceSpec
 from services.permissions.adapters.outbox_relay import OutboxRelay
 from services.permissions.adapters.postgres import Database
@@ -42,6 +41,6 @@ def build(settings: PermissionsSettings | None = None) -> PermissionsApp:
     db = Database(settings.postgres_dsn, settings.pool_size)
     relay = OutboxRelay(settings.postgres_dsn, settings.bus, batch=settings.relay_batch,
                         poll_seconds=settings.relay_poll_seconds)
-    hmac_key = secrets.load_hmac_key()
+    hmac_key = secret_hash.load_hmac_key()
     servicer = PermissionsServicer(Directory(db, hmac_key), Entitlements(db, hmac_key), AccessSnapshot(db))
     return PermissionsApp(settings, db, relay, servicer)

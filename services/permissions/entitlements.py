@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from access_rules.rules import Verdict, evaluate
-from latchkit import secret_hash as secrets
+from latchkit import secret_hash
 from latchkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.permissions import effective
 from services.permissions.domain import Credential, Grant, MissingReference, Page
@@ -29,7 +29,7 @@ class Entitlements(UseCases):
                                idempotent: Idempotent | None = None) -> Written[Credential] | Replayed:
         async def work(uow: UnitOfWork) -> Credential:
             need(await uow.store.get_user(user_id), "user_id", user_id)
-            digest = secrets.hash_secret(self.hmac_key, kind, secret)
+            digest = secret_hash.hash_secret(self.hmac_key, kind, secret)
             if await uow.store.active_credential_exists(kind, digest):
                 raise AlreadyExists("an active credential of this kind with this secret already exists")
             credential = await uow.store.insert_credential(self.new_id(), user_id, kind, digest, label, self.now())

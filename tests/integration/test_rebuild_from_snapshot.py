@@ -10,7 +10,7 @@ from latchkey.events.v1 import events_pb2 as ev
 from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 
-from latchkit import secret_hash as secrets
+from latchkit import secret_hash
 from services.access.adapters.redis_cache import RedisUnlockCache
 from services.access.adapters.sqlite_view import SqliteUnlockView
 from services.access.ports import PairRow, ViewBatch
@@ -85,7 +85,7 @@ async def test_rebuild_writes_the_snapshot_closes_stale_pairs_and_keeps_newer_on
     # What the projector applied after the snapshot stays.
     assert (await view.get_pair(door, newer)).version == revision + 100
     # The card resolves by its keyed hash, not revoked.
-    digest = secrets.hash_secret(service.app.servicer.entitlements.hmac_key, 1, "rebuild-card")
+    digest = secret_hash.hash_secret(service.app.servicer.entitlements.hmac_key, 1, "rebuild-card")
     credential = await view.get_credential(1, digest)
     assert (credential.credential_id, credential.revoked, credential.version) == (
         card.credential.credential_id, False, revision)

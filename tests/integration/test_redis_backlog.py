@@ -15,7 +15,7 @@ import redis.exceptions
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 
-from latchkit import secret_hash as secrets
+from latchkit import secret_hash
 from latchkit.bus import BusSettings
 from latchkit.identity import Principal
 from services.access.adapters.redis_cache import RedisUnlockCache
@@ -69,7 +69,7 @@ async def test_a_grant_revoked_while_the_projector_could_not_reach_redis_is_neve
     first = projector(view, workers_redis, backlog_path)
     await first.keep_redis_current()  # nothing missed: it takes the lease
     granted = ev.AccessChanged(door_id=door, user_id=user, door_time_zone="UTC", rules=[ev.AccessRule(grant_id="g")])
-    card = CredentialRow(str(uuid.uuid4()), user, 1, secrets.hash_secret(KEY, 1, secret), False, 1)
+    card = CredentialRow(str(uuid.uuid4()), user, 1, secret_hash.hash_secret(KEY, 1, secret), False, 1)
     await first.store(ViewBatch(pairs=[PairRow(door, user, 1, granted.SerializeToString())], credentials=[card],
                                 watermark=1))
     assert await unlock(service, door, secret) == (ev.DECISION_GRANTED, ev.DECISION_REASON_GRANTED, 1)

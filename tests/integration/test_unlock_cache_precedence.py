@@ -9,8 +9,7 @@ import pytest
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 
-from latchkit import envelope
-from latchkit import secret_hash as secrets
+from latchkit import envelope, secret_hash
 from latchkit.bus import BusSettings
 from latchkit.identity import Principal
 from services.access.adapters.redis_cache import RedisUnlockCache
@@ -35,7 +34,7 @@ def access(door: str, user: str, granted: bool) -> ev.AccessChanged:
 async def world(urls, tmp_path):
     """Redis and the view at revision 9: the card's user may open the door."""
     door, user, secret = str(uuid.uuid4()), str(uuid.uuid4()), uuid.uuid4().hex
-    digest = secrets.hash_secret(KEY, 1, secret)
+    digest = secret_hash.hash_secret(KEY, 1, secret)
     pair = PairRow(door, user, 9, access(door, user, True).SerializeToString())
     cred = CredentialRow(str(uuid.uuid4()), user, 1, digest, False, 3)
     cache = RedisUnlockCache(urls.redis_url, ttl=60, negative_ttl=5, instance=door)

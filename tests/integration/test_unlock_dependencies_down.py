@@ -17,8 +17,7 @@ from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 
 from devstack.stack import Stack, StackPorts
-from latchkit import envelope
-from latchkit import secret_hash as secrets
+from latchkit import envelope, secret_hash
 from latchkit.bus import BusSettings
 from latchkit.errors import Unavailable
 from latchkit.identity import Principal
@@ -107,7 +106,7 @@ async def door(own_redis, tmp_path):
     granted = ev.AccessChanged(door_id=door, user_id=user, door_time_zone="UTC", rules=[ev.AccessRule(grant_id="g")])
     await view.apply(ViewBatch(pairs=[PairRow(door, user, 2, granted.SerializeToString())],
                                credentials=[CredentialRow(str(uuid.uuid4()), user, 1,
-                                                          secrets.hash_secret(KEY, 1, secret), False, 1)],
+                                                          secret_hash.hash_secret(KEY, 1, secret), False, 1)],
                                watermark=2))
     service = UnlockService(view, cache, DecisionPublisher(SqliteDecisionSpool(tmp_path / "spool.sqlite"), BUS,
                                                                durability="async"),

@@ -12,7 +12,7 @@ import pytest
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 
-from latchkit import secret_hash as secrets
+from latchkit import secret_hash
 from latchkit.bus import BusSettings
 from latchkit.errors import Unavailable
 from latchkit.identity import Principal
@@ -43,7 +43,7 @@ async def granted_door(urls, tmp_path, spool: SqliteDecisionSpool, nats_url: str
     granted = ev.AccessChanged(door_id=door, user_id=user, door_time_zone="UTC", rules=[ev.AccessRule(grant_id="g")])
     await view.apply(ViewBatch(pairs=[PairRow(door, user, 2, granted.SerializeToString())],
                                credentials=[CredentialRow(str(uuid.uuid4()), user, 1,
-                                                          secrets.hash_secret(KEY, 1, secret), False, 1)],
+                                                          secret_hash.hash_secret(KEY, 1, secret), False, 1)],
                                watermark=2))
     publisher = DecisionPublisher(spool, BusSettings(url=nats_url, duplicate_window_s=600.0))
     service = UnlockService(view, RedisUnlockCache(urls.redis_url, ttl=60, negative_ttl=5), publisher, KEY,

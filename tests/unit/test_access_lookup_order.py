@@ -13,8 +13,7 @@ from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
 from prometheus_client import REGISTRY
 
-from latchkit import envelope
-from latchkit import secret_hash as secrets
+from latchkit import envelope, secret_hash
 from latchkit.bus import BusSettings
 from latchkit.identity import Principal
 from services.access.decisions import DecisionPublisher
@@ -53,7 +52,7 @@ class Door:
 
     @property
     def key(self) -> str:
-        return cred_key(1, secrets.hash_secret(KEY, 1, self.secret))
+        return cred_key(1, secret_hash.hash_secret(KEY, 1, self.secret))
 
     async def unlock(self, time_remaining: float = 5.0, request_id: str | None = None):
         request = access_pb2.UnlockRequest(door_id=self.door, request_id=request_id or uuid.uuid4().hex,
@@ -77,7 +76,7 @@ async def make_door(with_local: bool) -> Door:
     door, user, secret = str(uuid.uuid4()), str(uuid.uuid4()), uuid.uuid4().hex
     view, cache, spool = FakeUnlockView(), FakeUnlockCache(), FakeDecisionSpool()
     await view.apply(ViewBatch(pairs=[PairRow(door, user, 2, rules(door, user, True))],
-                               credentials=[CredentialRow("c-1", user, 1, secrets.hash_secret(KEY, 1, secret),
+                               credentials=[CredentialRow("c-1", user, 1, secret_hash.hash_secret(KEY, 1, secret),
                                                           False, 1)],
                                watermark=2))
     local = None
@@ -122,7 +121,7 @@ async def test_a_memory_hit_asks_neither_redis_nor_the_view(door):
 async def test_a_memory_miss_answered_by_redis_fills_memory(door):
     # Redis has the rows, the view has none of them (it would say "unknown credential").
     await door.cache.write([PairRow(door.door, door.user, 2, rules(door.door, door.user, True))],
-                           [CredentialRow("c-1", door.user, 1, secrets.hash_secret(KEY, 1, door.secret), False, 1)])
+                           [CredentialRow("c-1", door.user, 1, secret_hash.hash_secret(KEY, 1, door.secret), False, 1)])
     door.view.pairs.clear()
     door.view.credentials.clear()
     before = answered_from()
@@ -224,7 +223,7 @@ async def test_rows_the_view_cannot_read_in_time_deny_unavailable(door_without_m
 async def test_a_newer_tombstone_in_memory_wins_over_an_older_grant_in_redis(door):
     # Redis still holds the grant (version 2) and the credential.
     await door.cache.write([PairRow(door.door, door.user, 2, rules(door.door, door.user, True))],
-                           [CredentialRow("c-1", door.user, 1, secrets.hash_secret(KEY, 1, door.secret), False, 1)])
+                           [CredentialRow("c-1", door.user, 1, secret_hash.hash_secret(KEY, 1, door.secret), False, 1)])
     # The feed brings the revoke (version 3, revision 3) into the per-process cache.
     door.local.apply(envelope.build(ev.AccessChanged(door_id=door.door, user_id=door.user, door_time_zone="UTC"),
                                     actor="test", aggregate_key=f"access/{door.door}/{door.user}",
@@ -238,7 +237,7 @@ async def test_a_newer_tombstone_in_memory_wins_over_an_older_grant_in_redis(doo
 
 async def test_a_revoked_credential_in_redis_denies_without_the_view(door_without_memory):
     door = door_without_memory
-    await door.cache.write([], [CredentialRow("c-1", door.user, 1, secrets.hash_secret(KEY, 1, door.secret),
+    await door.cache.write([], [CredentialRow("c-1", door.user, 1, secret_hash.hash_secret(KEY, 1, door.secret),
                                               True, 5)])
     assert await door.decide() == (ev.DECISION_DENIED, ev.DECISION_REASON_CREDENTIAL_REVOKED)
     assert door.view.reads == 0
