@@ -18,11 +18,9 @@ stored batch: consuming never returns, so it cannot wait for a return.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
 from latchkit import bus, envelope
@@ -31,8 +29,6 @@ from latchkit.bus import (
     PERMISSIONS_STREAM,
     BusSettings,
     Puller,
-    connect,
-    ensure_streams,
 )
 from latchkit.retry import Backoff, retry_forever
 from services.audit.ports import AuditStore, AuditWriterFenced
@@ -69,31 +65,14 @@ class Ingest:
         await retry_forever(f"ingest of {stream}", consume, log)
 
     async def _consume(self, stream: str, backoff: Backoff) -> None:
-        nc = await connect(self.bus, name=f"audit-{stream.lower()}", allow_reconnect=False)
-        try:
-            js = nc.jetstream()
-            await ensure_streams(js, self.bus)
-            durable = CONSUMERS[stream]
+        async with bus.session(self.bus, name=f"audit-{stream.lower()}") as (_, js):
             position = await self.store.position(stream)
-            with contextlib.suppress(NotFoundError):
-                await js.delete_consumer(stream, durable)
-            await js.add_consumer(stream, ConsumerConfig(
-                durable_name=durable, ack_policy=AckPolicy.ALL, ack_wait=60, max_ack_pending=20_000,
+            sub = await bus.fresh_pull_consumer(js, stream, ConsumerConfig(
+                durable_name=CONSUMERS[stream], ack_policy=AckPolicy.ALL, ack_wait=60, max_ack_pending=20_000,
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE if position else DeliverPolicy.ALL,
                 opt_start_seq=position + 1 if position else None))
-            sub = await js.pull_subscribe_bind(durable, stream=stream)
-            puller = Puller(sub, self.batch, FETCH_WAIT_SECONDS)
-            while True:
-                try:
-                    msgs = await puller.next()
-                except TimeoutError:
-                    backoff.reset()  # an idle round: the broker answered that nothing is waiting
-                    continue
-                await self.handle(stream, msgs)
-                # Stored and acked. Not reset before `handle`: a store that keeps failing backs off.
-                backoff.reset()
-        finally:
-            await bus.close(nc)
+            await bus.consume(Puller(sub, self.batch, FETCH_WAIT_SECONDS),
+                              lambda msgs: self.handle(stream, msgs), backoff)
 
     async def handle(self, stream: str, msgs) -> None:
         if not msgs:
