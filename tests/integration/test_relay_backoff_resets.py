@@ -13,8 +13,8 @@ import uuid
 import psycopg
 import pytest
 
+from latchkit import bus
 from latchkit.bus import BusSettings
-from services.permissions.adapters import outbox_relay as relay_module
 from services.permissions.adapters.outbox_relay import OutboxRelay, libpq_dsn
 from tests.flaky_broker import FlakyBroker, resume_after_second_outage
 from tests.integration.conftest import fresh_database
@@ -44,8 +44,9 @@ class Outbox:
 
 @pytest.fixture
 async def outbox(urls, monkeypatch):
-    monkeypatch.setattr(relay_module, "connect", broker.connect)
-    monkeypatch.setattr(relay_module, "ensure_streams", broker.ensure_streams)
+    # The relay's bus session (latchkit.bus.session) connects through these.
+    monkeypatch.setattr(bus, "connect", broker.connect)
+    monkeypatch.setattr(bus, "ensure_streams", broker.ensure_streams)
     dsn = fresh_database(urls)
     conn = await psycopg.AsyncConnection.connect(libpq_dsn(dsn), autocommit=True)
     outbox = Outbox(dsn, conn)

@@ -12,7 +12,7 @@ import uuid
 import pytest
 from latchkey.events.v1 import events_pb2 as ev
 
-from latchkit import envelope
+from latchkit import bus, envelope
 from latchkit.bus import DECISIONS_STREAM, BusSettings
 from services.access import decisions
 from services.access.adapters.sqlite_spool import SqliteDecisionSpool
@@ -27,7 +27,8 @@ loops waited out the 1.6 s they had reached in the first outage."""
 @pytest.fixture
 def broker(monkeypatch) -> FlakyBroker:
     broker = FlakyBroker()
-    for module in (decisions, ingest):
+    # Both loops connect through latchkit.bus (its session, or its functions by name).
+    for module in (bus, decisions):
         monkeypatch.setattr(module, "connect", broker.connect)
         monkeypatch.setattr(module, "ensure_streams", broker.ensure_streams)
     return broker

@@ -31,7 +31,7 @@ import psycopg
 from prometheus_client import Gauge, Histogram
 
 from latchkit import bus, tracing
-from latchkit.bus import BusSettings, connect, ensure_streams
+from latchkit.bus import BusSettings
 from latchkit.retry import Backoff, retry_forever
 from services.permissions.adapters.postgres import NOTIFY_CHANNEL
 
@@ -80,27 +80,25 @@ class OutboxRelay:
             LEADER.set(1)
             log.info("outbox relay is leader")
             listener = asyncio.create_task(self._listen(), name="outbox-listen")
-            nc = None
             try:
-                nc = await connect(self.bus, name="permissions-relay", allow_reconnect=False)
-                js = nc.jetstream()
-                await ensure_streams(js, self.bus)
-                while True:
-                    bus.raise_if_cancelled()
-                    self._wake.clear()
-                    published = await self.publish_round(conn, js)
-                    backoff.reset()  # a round went through: the next outage starts from the shortest wait
-                    if published == self.batch:
-                        continue
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
-                    except TimeoutError:
-                        if listener.done():
-                            listener.result()  # the listener died: fail this round loudly
+                async with bus.session(self.bus, name="permissions-relay") as (_, js):
+                    await self._relay(conn, js, listener, backoff)
             finally:
                 listener.cancel()
-                if nc is not None:
-                    await bus.close(nc)
+
+    async def _relay(self, conn, js, listener: asyncio.Task, backoff: Backoff) -> None:
+        while True:
+            bus.raise_if_cancelled()
+            self._wake.clear()
+            published = await self.publish_round(conn, js)
+            backoff.reset()  # a round went through: the next outage starts from the shortest wait
+            if published == self.batch:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
+            except TimeoutError:
+                if listener.done():
+                    listener.result()  # the listener died: fail this round loudly
 
     async def _listen(self) -> None:
         """A second session just for LISTEN: its generator reads every notification."""
