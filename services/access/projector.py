@@ -21,7 +21,6 @@ and restarts, and the backlog is bounded by the number of distinct keys.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -36,8 +35,6 @@ from latchkit.bus import (
     PERMISSIONS_SUBJECT_PREFIX,
     BusSettings,
     Puller,
-    connect,
-    ensure_streams,
 )
 from latchkit.retry import Backoff, retry_forever
 from services.access.ports import (
@@ -198,37 +195,19 @@ class Projector:
         HEARTBEAT.set_to_current_time()
 
     async def _consume(self, backoff: Backoff) -> None:
-        nc = await connect(self.bus, name="access-projector", allow_reconnect=False)
-        try:
-            js = nc.jetstream()
-            await ensure_streams(js, self.bus)
+        async with bus.session(self.bus, name="access-projector") as (_, js):
             watermark, partial = await self.view.progress()
             if watermark != self.watermark:
                 self._publish(watermark)
-            # Re-created at every start at the view's own position: what a dead process had
-            # fetched and not acknowledged comes again at once, instead of after ack_wait (a
-            # durable consumer reused as it was would keep the revision behind that hole).
+            # At the view's own position, so the revision is never kept behind a dead process's hole.
             start = await start_sequence(js, watermark)
-            with contextlib.suppress(NotFoundError):
-                await js.delete_consumer(PERMISSIONS_STREAM, self.durable)
-            await js.add_consumer(PERMISSIONS_STREAM, ConsumerConfig(
+            sub = await bus.fresh_pull_consumer(js, PERMISSIONS_STREAM, ConsumerConfig(
                 durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start, ack_wait=30,
                 max_ack_pending=10_000, inactive_threshold=IDLE_CONSUMER_SECONDS))
-            sub = await js.pull_subscribe_bind(self.durable, stream=PERMISSIONS_STREAM)
             log.info("projector consuming", extra={"watermark": watermark, "start_seq": start})
-            puller = Puller(sub, self.batch, FETCH_WAIT_SECONDS)
-            while True:
-                self._beat()
-                try:
-                    msgs = await puller.next()
-                except TimeoutError:
-                    backoff.reset()  # the broker answered: a later failure is a new outage
-                    continue
-                await self.apply(msgs, partial)
-                backoff.reset()
-        finally:
-            await bus.close(nc)
+            await bus.consume(Puller(sub, self.batch, FETCH_WAIT_SECONDS),
+                              lambda msgs: self.apply(msgs, partial), backoff, beat=self._beat)
 
     async def apply(self, msgs, partial: dict) -> None:
         batch = ViewBatch(partial=partial)
