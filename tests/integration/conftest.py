@@ -10,12 +10,13 @@ import psycopg
 import pytest
 from latchkey.permissions.v1 import permissions_pb2_grpc
 
-from latchkit import server
+from latchkit import server, tracing
 from latchkit.bus import BusSettings
 from latchkit.settings import ServerSettings, TlsSettings
 from services.permissions import bootstrap as permissions_bootstrap
 from services.permissions import migrations
 from services.permissions.settings import PermissionsSettings
+from tests.otlp_collector import Collector
 
 
 def fresh_database(urls) -> str:
@@ -72,3 +73,35 @@ async def permissions(urls, pki):
 async def admin(permissions, pki):
     async with aio_channel(permissions.port, pki.tls("admin")) as ch:
         yield permissions_pb2_grpc.PermissionsServiceStub(ch)
+
+
+@pytest.fixture
+def tracing_service() -> str:
+    """The service name the `collector` fixture configures tracing as (a test module may override it)."""
+    return "probe"
+
+
+@pytest.fixture
+async def collector(tracing_service):
+    """A real OTLP receiver, with this process's tracing exporting to it for the test."""
+    received = Collector()
+    await received.start()
+    tracing.configure(tracing_service, {"OTEL_EXPORTER_OTLP_ENDPOINT": received.endpoint})
+    yield received
+    tracing.shutdown()
+    await received.stop()
+
+
+@pytest.fixture
+async def scratch_stream(urls):
+    """(jetstream, name): a JetStream stream of the test's own, deleted after it."""
+    import nats
+    from nats.js.api import StreamConfig
+
+    nc = await nats.connect(urls.nats_url)
+    js = nc.jetstream()
+    name = f"TRACING_{uuid.uuid4().hex[:8].upper()}"
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+    yield js, name
+    await js.delete_stream(name)
+    await nc.close()

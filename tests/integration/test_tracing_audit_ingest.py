@@ -9,37 +9,23 @@ from __future__ import annotations
 
 import uuid
 
-import nats
 import pytest
 from latchkey.events.v1 import events_pb2 as ev
-from nats.js.api import StreamConfig
 
-from latchkit import bus, envelope, tracing
+from latchkit import bus, envelope
 from latchkit.bus import BusSettings
 from services.audit.adapters.sqlite_store import SqliteAuditStore
 from services.audit.ingest import Ingest
-from tests.otlp_collector import Collector
 
 
 @pytest.fixture
-async def collector():
-    received = Collector()
-    await received.start()
-    tracing.configure("access", {"OTEL_EXPORTER_OTLP_ENDPOINT": received.endpoint})
-    yield received
-    tracing.shutdown()
-    await received.stop()
+def tracing_service() -> str:
+    return "access"
 
 
 @pytest.fixture
-async def stream(urls):
-    nc = await nats.connect(urls.nats_url)
-    js = nc.jetstream()
-    name = f"TRACING_{uuid.uuid4().hex[:8].upper()}"
-    await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
-    yield js, name
-    await js.delete_stream(name)
-    await nc.close()
+def stream(scratch_stream):
+    return scratch_stream
 
 
 @pytest.fixture

@@ -11,37 +11,20 @@ from __future__ import annotations
 import uuid
 
 import grpc
-import nats
 import pytest
-from nats.js.api import StreamConfig
 
 from latchkit import bus, server, tracing
 from latchkit.settings import ServerSettings
-from tests.otlp_collector import Collector
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
 
 
-@pytest.fixture
-async def collector():
-    received = Collector()
-    await received.start()
-    tracing.configure("probe", {"OTEL_EXPORTER_OTLP_ENDPOINT": received.endpoint})
-    yield received
-    tracing.shutdown()
-    await received.stop()
 
 
 @pytest.fixture
-async def js(urls):
-    nc = await nats.connect(urls.nats_url)
-    jetstream = nc.jetstream()
-    name = f"TRACING_{uuid.uuid4().hex[:8].upper()}"
-    await jetstream.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
-    yield jetstream, name
-    await jetstream.delete_stream(name)
-    await nc.close()
+def js(scratch_stream):
+    return scratch_stream
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ from latchkit.bus import PERMISSIONS_STREAM, ensure_streams
 from services.permissions import migrations
 from services.permissions.adapters.outbox_relay import libpq_dsn
 from tests.integration.conftest import aio_channel, start_permissions
-from tests.otlp_collector import Collector
 
 GRANT_SPAN = "latchkey.permissions.v1.PermissionsService/GrantAccess"
 
@@ -41,13 +40,8 @@ class Relayed:
 
 
 @pytest.fixture
-async def collector():
-    received = Collector()
-    await received.start()
-    tracing.configure("permissions", {"OTEL_EXPORTER_OTLP_ENDPOINT": received.endpoint})
-    yield received
-    tracing.shutdown()
-    await received.stop()
+def tracing_service() -> str:
+    return "permissions"
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from latchkit import tracing
-from tests.otlp_collector import Collector
 
 ENDPOINT = "http://127.0.0.1:4317"
 
@@ -23,13 +22,8 @@ def test_tracing_is_on_only_with_an_endpoint_and_not_turned_off(env, on):
 
 
 @pytest.fixture
-async def collector():
-    received = Collector()
-    await received.start()
-    tracing.configure("access", {"OTEL_EXPORTER_OTLP_ENDPOINT": received.endpoint})
-    yield received
-    tracing.shutdown()
-    await received.stop()
+def tracing_service() -> str:
+    return "access"
 
 
 async def test_the_first_answer_from_a_change_ends_its_trace_once(collector):
