@@ -105,3 +105,18 @@ async def scratch_stream(urls):
     yield js, name
     await js.delete_stream(name)
     await nc.close()
+
+
+@pytest.fixture
+async def own_permissions(urls, pki):
+    """A permissions server (no relay) on a database of its own: what it holds is only the test's."""
+    permissions, running = await start_permissions(urls, pki, relay=False)
+    yield permissions
+    await running.stop(0.5)
+    await permissions.app.db.close()
+
+
+@pytest.fixture
+async def own_admin(own_permissions, pki):
+    async with aio_channel(own_permissions.port, pki.tls("admin")) as ch:
+        yield permissions_pb2_grpc.PermissionsServiceStub(ch)

@@ -12,23 +12,18 @@ from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 
 from services.permissions import snapshot
-from tests.integration.conftest import aio_channel, start_permissions
+from tests.integration.conftest import aio_channel
 from tests.waiting import until
 
 
 @pytest.fixture
-async def service(urls, pki):
-    """A permissions server on a database of its own, so the snapshot holds only this test's data."""
-    permissions, running = await start_permissions(urls, pki, relay=False)
-    yield permissions
-    await running.stop(0.5)
-    await permissions.app.db.close()
+def service(own_permissions):
+    return own_permissions
 
 
 @pytest.fixture
-async def admin(service, pki):
-    async with aio_channel(service.port, pki.tls("admin")) as ch:
-        yield permissions_pb2_grpc.PermissionsServiceStub(ch)
+def admin(own_admin):
+    return own_admin
 
 
 async def _snapshot(service, tls) -> list[pm.ExportAccessSnapshotResponse]:

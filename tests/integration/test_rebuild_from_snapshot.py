@@ -15,21 +15,17 @@ from services.access.adapters.redis_cache import RedisUnlockCache
 from services.access.adapters.sqlite_view import SqliteUnlockView
 from services.access.ports import PairRow, ViewBatch
 from services.access.rebuild import rebuild
-from tests.integration.conftest import aio_channel, start_permissions
+from tests.integration.conftest import aio_channel
 
 
 @pytest.fixture
-async def service(urls, pki):
-    permissions, running = await start_permissions(urls, pki, relay=False)
-    yield permissions
-    await running.stop(0.5)
-    await permissions.app.db.close()
+def service(own_permissions):
+    return own_permissions
 
 
 @pytest.fixture
-async def admin(service, pki):
-    async with aio_channel(service.port, pki.tls("admin")) as ch:
-        yield permissions_pb2_grpc.PermissionsServiceStub(ch)
+def admin(own_admin):
+    return own_admin
 
 
 @pytest.fixture
