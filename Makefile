@@ -90,9 +90,10 @@ test: setup lint k8s-check ## run the whole test suite against a private stack
 
 # ---- checks and measurements ----------------------------------------------
 .PHONY: lint
-lint: setup ## buf lint on the contract, ruff on the code
+lint: setup ## buf lint on the contract, ruff and mypy on the code
 	scripts/buf-lint.sh
 	$(VENV)/bin/ruff check latchkit access_rules ops devstack services tests bench chaos
+	$(VENV)/bin/mypy
 
 .PHONY: k8s-check
 k8s-check: setup ## render deploy/k8s overlays, validate them, policy-scan them and the Dockerfile

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from latchkey.events.v1 import events_pb2
 
 from access_rules.rules import PairAccess, Rule, Window
 
 
-def _ts(value: dt.datetime | None, target) -> None:
+def _ts(value: dt.datetime | None, target: Timestamp) -> None:
     if value is not None:
         target.FromDatetime(value.astimezone(dt.UTC))
 
 
-def _dt(message, field: str) -> dt.datetime | None:
+def _dt(message: Message, field: str) -> dt.datetime | None:
     if not message.HasField(field):
         return None
-    return getattr(message, field).ToDatetime(tzinfo=dt.UTC)
+    stamp: Timestamp = getattr(message, field)
+    return stamp.ToDatetime(tzinfo=dt.UTC)
 
 
 def to_event(door_id: str, user_id: str, access: PairAccess) -> events_pb2.AccessChanged:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from latchkey.access.v1 import access_pb2, access_pb2_grpc
 
@@ -17,11 +18,14 @@ from services.access.domain import DenialThrottle
 from services.access.freshness import FreshnessProver, PolledFreshness
 from services.access.grpc_api import AccessServicer
 from services.access.local_cache import LocalCache, PolledWatermark
-from services.access.ports import UnlockCache, UnlockView
+from services.access.ports import UnlockView
 from services.access.projector import Projector
 from services.access.service import UnlockService
 from services.access.settings import AccessSettings
 from services.access.startup_floor import StartupFloor
+
+if TYPE_CHECKING:
+    from services.access.adapters.scylla_view import ScyllaUnlockView
 
 
 def build_view(settings: AccessSettings) -> UnlockView:
@@ -38,7 +42,7 @@ def build_view(settings: AccessSettings) -> UnlockView:
 class AccessApp:
     settings: AccessSettings
     view: UnlockView
-    cache: UnlockCache
+    cache: RedisUnlockCache
     decisions: DecisionPublisher
     projector: Projector | None
     service: UnlockService
@@ -61,13 +65,19 @@ class AccessApp:
             background.append(self.freshness.run)
         if self.local is not None:
             background.append(self.local.run)
+        floor = self.service.startup_floor
+
+        def view_session() -> object:
+            # Asked only with the scylla backend, whose view build_view made a ScyllaUnlockView.
+            return cast("ScyllaUnlockView", self.view).session
+
         return ServiceSpec(name="access", register=register, on_stop=self.stop, policy=authz.allowed,
                            reuse_port=self.settings.workers > 1, background=background,
-                           startup=[self.service.startup_floor.run],
+                           startup=[floor.run] if floor is not None else [],
                            healthy=self.projector.healthy if self.projector is not None else None,
                            dependencies=[(redis := health.redis(self.cache.client)),
                                          health.nats(self.settings.bus, name="access"),
-                                         *([health.cql("view", lambda: self.view.session, fallback=redis)]
+                                         *([health.cql("view", view_session, fallback=redis)]
                                            if self.settings.view_backend == "scylla" else [])])
 
     async def start(self) -> None:

@@ -314,7 +314,7 @@ class DecisionPublisher:
 
 def _encoded(row: Row) -> tuple[str, str, bytes]:
     event_id, subject, payload = row
-    if type(payload) is bytes:
-        return row
+    if isinstance(payload, bytes):
+        return event_id, subject, payload
     encode, args = payload
     return event_id, subject, encode(*args)

@@ -22,10 +22,10 @@ class DenialThrottle:
 
     window_seconds: float
     limit: int
-    _hits: dict[str, collections.deque] = field(default_factory=dict)
+    _hits: dict[str, collections.deque[float]] = field(default_factory=dict)
     _alarmed: dict[str, float] = field(default_factory=dict)
 
-    def _recent(self, key: str, now: float) -> collections.deque:
+    def _recent(self, key: str, now: float) -> collections.deque[float]:
         hits = self._hits.get(key)
         if hits is None:
             hits = self._hits[key] = collections.deque()

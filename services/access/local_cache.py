@@ -30,9 +30,11 @@ keep it from ever answering from something older than Redis would:
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Callable
+from typing import Final, Literal
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -52,8 +54,15 @@ from services.access.ports import CredentialRow, PairRow
 from services.access.projector import advance, to_rows
 
 log = logging.getLogger("latchkey.access.local_cache")
-MISS = object()
-"""Not in the cache (as opposed to None: cached as "nothing there")."""
+
+
+class _Miss(enum.Enum):
+    MISS = enum.auto()
+
+
+MISS: Final = _Miss.MISS
+"""Not in the cache (as opposed to None: cached as "nothing there"). An enum member, so a
+checker narrows `x is MISS` away."""
 RESETS = Counter("latchkey_access_local_cache_resets_total", "Times the per-process cache was emptied", ["why"])
 NEVER = float("inf")
 
@@ -94,14 +103,14 @@ class LocalCache:
         view = self.view_watermark()
         return self.live and min_revision <= self.watermark and self.watermark >= view >= self.floor
 
-    def pair(self, door_id: str, user_id: str):
+    def pair(self, door_id: str, user_id: str) -> PairRow | None | Literal[_Miss.MISS]:
         """PairRow, None ("no rule"), or MISS."""
         entry = self._pairs.get((door_id, user_id))
         if entry is None or entry[2] < time.monotonic():
             return MISS
         return entry[1]
 
-    def credential(self, key: str):
+    def credential(self, key: str) -> CredentialRow | None | Literal[_Miss.MISS]:
         """CredentialRow, None ("no such credential"), or MISS."""
         entry = self._creds.get(key)
         if entry is None or entry[2] < time.monotonic():
@@ -192,7 +201,8 @@ class LocalCache:
             floor: int | None = 0
             if last:
                 try:
-                    floor = envelope.parse((await js.get_msg(PERMISSIONS_STREAM, last)).data).revision
+                    # A stored message always has data; none would fail to parse, as it should.
+                    floor = envelope.parse((await js.get_msg(PERMISSIONS_STREAM, last)).data or b"").revision
                 except NotFoundError:
                     floor = None  # purged: the first event this feed sees sets the floor
             failed: list[Exception] = []

@@ -59,7 +59,7 @@ FROM_MEMORY, FROM_REDIS, FROM_VIEW = (ANSWERED_FROM.labels(s) for s in ("memory"
 class Decision:
     """What Unlock decided, for whom, and with which credential (None: none presented or known)."""
 
-    decision: int
+    decision: ev.Decision
     reason: Reason
     user_id: str
     credential: CredentialRow | None = None
@@ -80,7 +80,7 @@ class UnlockLookup:
     """
 
     def __init__(self, view: UnlockView, cache: UnlockCache, local: LocalCache | None,
-                 verdict: Callable[[PairRow], tuple[int, Reason]]) -> None:
+                 verdict: Callable[[PairRow], tuple[ev.Decision, Reason]]) -> None:
         self.view = view
         self.cache = cache
         self.local = local
@@ -129,11 +129,12 @@ class UnlockLookup:
     # ---- the chain ---------------------------------------------------------------------
     def in_memory(self, local: LocalCache, door_id: str, user_id: str, cred_k: str) -> Decision | None:
         """The decision from the per-process cache alone, or None on a miss."""
-        credential = None
+        credential: CredentialRow | None = None
         if cred_k:
-            credential = local.credential(cred_k)
-            if credential is MISS:
+            held = local.credential(cred_k)
+            if held is MISS:
                 return None
+            credential = held
             if credential is None:
                 return Decision(DENIED, Reason.UNKNOWN_CREDENTIAL, "")
             user_id = credential.user_id
@@ -213,9 +214,10 @@ class UnlockLookup:
                 if credential.revoked:
                     source.inc()
                     return Decision(DENIED, Reason.CREDENTIAL_REVOKED, user_id, credential)
-            known = local.pair(door_id, user_id) if local is not None else MISS
-            if known is not MISS:
-                pair = known
+            known_pair = local.pair(door_id, user_id) if local is not None else MISS
+            pair: PairRow | None
+            if known_pair is not MISS:
+                pair = known_pair
             elif (cached_pair := found.pair) is not None:
                 pair = PairRow(door_id, user_id, cached_pair.version, cached_pair.payload)
             else:
@@ -224,7 +226,7 @@ class UnlockLookup:
                     pair = await self.view.get_pair(door_id, user_id)
                 if redis_ok:
                     self._fire(self.cache.fill_pair(door_id, user_id, pair))
-            if filling is not None and known is MISS:
+            if filling is not None and known_pair is MISS:
                 filling.fill_pair(ticket, door_id, user_id, pair)
             source.inc()
         except Exception as exc:  # neither Redis nor the view answered in time, whatever the error: deny

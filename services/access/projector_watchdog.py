@@ -12,6 +12,8 @@ import asyncio
 import logging
 import traceback
 
+import nats
+
 from latchkit import bus
 from latchkit.bus import BusSettings
 
@@ -55,7 +57,7 @@ class BrokerProgress:
         self.settings = settings
         self.stream = stream
         self.consumer = consumer
-        self._nc = None
+        self._nc: nats.NATS | None = None
         self._connecting: asyncio.Task | None = None
 
     async def consumer_info(self, limit: float):
@@ -103,7 +105,7 @@ def stack_of(task: asyncio.Task) -> str:
     (`Task.print_stack` shows a single frame for a suspended coroutine: not where it waits.)
     """
     frames = []
-    awaited = task.get_coro()
+    awaited: object = task.get_coro()
     while awaited is not None:
         frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
         if frame is None:

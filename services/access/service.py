@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from latchkey.access.v1 import access_pb2
 from latchkey.events.v1 import events_pb2 as ev
@@ -187,16 +187,18 @@ class UnlockService:
             hit = lookup.in_memory(local, door_id, request.user_id, cred_k) if local is not None else None
             if deadline is None:
                 deadline = lookups_deadline(time_remaining)
-            decided = await lookup.decide(request, cred_k, secret_hash, local, hit, deadline)
-            if type(decided) is bytes:  # another process answered this request id first
-                self.replays.put(door_id, request_id, decided)
-                return access_pb2.UnlockResponse.FromString(decided)
+            found = await lookup.decide(request, cred_k, secret_hash, local, hit, deadline)
+            if isinstance(found, bytes):  # another process answered this request id first
+                self.replays.put(door_id, request_id, found)
+                return access_pb2.UnlockResponse.FromString(found)
+            decided = found
 
         seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
         decision_id = self._ids.next()
         decision, reason, user_id = decided.decision, decided.reason, decided.user_id
-        response = access_pb2.UnlockResponse(decision=decision, reason=reason, decision_id=decision_id,
-                                             view_revision=revision, user_id=user_id)
+        # A Reason's value is its DecisionReason number (access_rules.rules).
+        response = access_pb2.UnlockResponse(decision=decision, reason=cast("ev.DecisionReason", reason),
+                                             decision_id=decision_id, view_revision=revision, user_id=user_id)
         server_time = response.server_time  # set in place: no Timestamp built and copied in
         server_time.seconds, server_time.nanos = seconds, nanos
         answer = response.SerializeToString()
@@ -316,9 +318,9 @@ class UnlockService:
         """Return once the background cache writes started so far (fills, shared answers) have ended."""
         await self.lookup.settled()
 
-    def _verdict(self, pair: PairRow) -> tuple[int, Reason]:
+    def _verdict(self, pair: PairRow) -> tuple[ev.Decision, Reason]:
         access = self._decode(pair)
-        age = 0.0
+        age: float | None = 0.0
         if access.door_max_view_staleness:
             # A fail-closed door: how old the proof is that the view had the whole stream.
             fresh_at = self.view_fresh_at()
@@ -370,13 +372,14 @@ def encode_decision(decision_id: str, actor: str, door_id: str, user_id: str, cr
     decided.user_id = user_id
     decided.credential_id = credential_id
     decided.request_id = request_id
-    decided.decision = decision
-    decided.reason = reason
+    # The record carries the enums' numbers: a `Decision` and a `Reason` (DecisionReason's numbers).
+    decided.decision = cast("ev.Decision", decision)
+    decided.reason = cast("ev.DecisionReason", reason)
     decided.view_revision = revision
     t = decided.server_time
     t.seconds, t.nanos = server_seconds, server_nanos
-    t = decided.decision_latency
-    t.seconds, t.nanos = divmod(latency_ns, 1_000_000_000)
+    latency = decided.decision_latency
+    latency.seconds, latency.nanos = divmod(latency_ns, 1_000_000_000)
     if controller is not None:
         t = decided.controller_time
         t.seconds, t.nanos = controller

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from latchkit import authz, health
 from latchkit.server import ServiceSpec
@@ -10,6 +11,9 @@ from services.audit.grpc_api import AuditServicer, add_to_server
 from services.audit.ingest import Ingest
 from services.audit.ports import AuditStore
 from services.audit.settings import AuditSettings
+
+if TYPE_CHECKING:
+    from services.audit.adapters.scylla_store import ScyllaAuditStore
 
 
 def build_store(settings: AuditSettings) -> AuditStore:
@@ -32,10 +36,14 @@ class AuditApp:
         def register(server) -> list[str]:
             return [add_to_server(AuditServicer(self.store, self.ingest), server)]
 
+        def session() -> object:
+            # Asked only with the scylla backend, whose store build_store made a ScyllaAuditStore.
+            return cast("ScyllaAuditStore", self.store).session
+
         return ServiceSpec(name="audit", register=register, on_stop=self.store.close, policy=authz.allowed,
                            background=[self.ingest.run],
                            dependencies=[health.nats(self.settings.bus, name="audit"),
-                                         *([health.cql("audit_store", lambda: self.store.session)]
+                                         *([health.cql("audit_store", session)]
                                            if self.settings.store_backend == "scylla" else [])])
 
 

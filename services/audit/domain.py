@@ -8,6 +8,7 @@ that point; `verify` walks rows in storage order and names the first break.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 GENESIS = b"\x00" * 32
@@ -72,7 +73,7 @@ class ChainBreak:
     detail: str
 
 
-def verify(records, prev_hash: bytes, prev_seq: int) -> tuple[int, ChainBreak | None]:
+def verify(records: Iterable[AuditRecord], prev_hash: bytes, prev_seq: int) -> tuple[int, ChainBreak | None]:
     """Walk `records` (in seq order) from the link (prev_hash, prev_seq); return (checked, first break)."""
     checked = 0
     for r in records:

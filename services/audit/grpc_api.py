@@ -7,6 +7,7 @@ import base64
 import binascii
 import contextlib
 import time
+from typing import cast
 
 import grpc
 from latchkey.audit.v1 import audit_pb2, audit_pb2_grpc
@@ -144,7 +145,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             await abort(context, exc)
             return
         if order == "occurred":
-            stream = self._stream_occurred(query, position or None, batch)
+            # An occurrence cursor has three parts (decode_cursor): the key to resume after.
+            after = cast("tuple[int, int, int] | None", position or None)
+            stream = self._stream_occurred(query, after, batch)
         else:
             stream = self._stream(request, query, position[0] if position else 0, batch)
         try:
@@ -203,15 +206,18 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         The timeout runs in this request's own task, never as a `wait_for` around
         the Condition that ingest shares.
         """
+        ingest = self.ingest
+        if ingest is None:  # nothing to wait on: follow needs the ingest
+            return False
         remaining = None
         if end_us:
             remaining = end_us / 1_000_000 - time.time()
             if remaining <= 0:
                 return False
         try:
-            async with asyncio.timeout(remaining), self.ingest.appended:
+            async with asyncio.timeout(remaining), ingest.appended:
                 if await self.store.last_seq() == tail:
-                    await self.ingest.appended.wait()
+                    await ingest.appended.wait()
         except TimeoutError:
             return False
         return True
@@ -226,5 +232,5 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         if broken is not None:
             response.first_break.CopyFrom(audit_pb2.ChainBreak(
                 event_id=broken.event_id, position=broken.position,
-                kind=audit_pb2.ChainBreakKind.Value(f"CHAIN_BREAK_KIND_{broken.kind}"), detail=broken.detail))
+                kind=f"CHAIN_BREAK_KIND_{broken.kind}", detail=broken.detail))
         return response

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,7 +65,8 @@ class AuditStore(Protocol):
         """
         ...
 
-    def read_occurred(self, query: AuditQuery, after: tuple[int, int, int] | None) -> AsyncIterator[AuditRecord]:
+    def read_occurred(self, query: AuditQuery, after: tuple[int, int, int] | None
+                      ) -> AsyncGenerator[AuditRecord, None]:
         """Matching records of a closed range (`query.end_us` set) in occurrence order, strictly after `after`.
 
         Occurrence order is `domain.occurrence_key`: source time, then causal rank,

@@ -20,6 +20,8 @@ from it: without the lease, `LOOKUP` reports a miss and the view answers.
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis.asyncio as aioredis
 
 from services.access.domain import cred_key
@@ -107,7 +109,8 @@ class RedisUnlockCache:
         await self.client.set(f"lk:r:{door_id}:{request_id}", answer, nx=True, ex=REPLAY_TTL_SECONDS)
 
     async def earlier_answer(self, door_id: str, request_id: str) -> bytes | None:
-        return await self.client.get(f"lk:r:{door_id}:{request_id}")
+        # The client decodes nothing (no decode_responses): GET gives bytes, whatever redis' hints say.
+        return cast(bytes | None, await self.client.get(f"lk:r:{door_id}:{request_id}"))
 
     def _pair_args(self, row: PairRow | None, door_id: str, user_id: str):
         if row is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 from latchkit import scylla as cql
 from latchkit.scylla import ScyllaSettings, connect, execute, pages
@@ -70,8 +71,9 @@ class ScyllaUnlockView:
         self.settings = settings
         self.instance = instance
         """Whose progress this view records and reads (LATCHKEY_ACCESS_INSTANCE); the rows are shared."""
-        self.cluster = None
-        self.session = None
+        # The driver's Cluster and Session once open (the driver has no type hints).
+        self.cluster: Any = None
+        self.session: Any = None
         self._stmts: dict = {}
         self._sent: dict[int, set[int]] = {}  # partial indices already written, so each round sends only news
         self._cleared = 0  # finished revisions up to here are already range-deleted
@@ -115,7 +117,7 @@ class ScyllaUnlockView:
     async def apply(self, batch: ViewBatch) -> None:
         s = self._stmts
         # Every timestamp first: a version out of range fails the batch before anything is sent.
-        writes = [(s["put_pair"], (stamp(p.version, not p.payload), p.payload, p.door_id, p.user_id))
+        writes: list[tuple[Any, tuple[object, ...]]] = [(s["put_pair"], (stamp(p.version, not p.payload), p.payload, p.door_id, p.user_id))
                   for p in batch.pairs]
         writes += [(s["put_cred"], (stamp(c.version, c.revoked), c.user_id, c.revoked, c.kind, c.secret_hash,
                                     c.credential_id)) for c in batch.credentials]

@@ -24,9 +24,10 @@ import os
 import socket
 import time
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from latchkit import scylla as cql
 from latchkit.errors import Unavailable
@@ -137,9 +138,10 @@ def unavailable_on_driver_errors(what: str = "the audit store"):
         raise Unavailable(f"{what} is unavailable or overloaded; retry shortly") from exc
 
 
-def _record(row) -> AuditRecord:
-    return AuditRecord(**{k: (v if v is not None else (b"" if k in ("envelope", "prev_hash", "hash") else ""))
-                          for k, v in zip(FIELDS, row, strict=False)})
+def _record(row: Sequence[Any]) -> AuditRecord:
+    fields: dict[str, Any] = {k: (v if v is not None else (b"" if k in ("envelope", "prev_hash", "hash") else ""))
+                              for k, v in zip(FIELDS, row, strict=False)}
+    return AuditRecord(**fields)
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,9 @@ class ScyllaAuditStore:
         self.retention_days = retention_days
         self.clock = clock or (lambda: time.time_ns() // 1000)
         """Microseconds since the epoch; injectable so tests can step it back."""
-        self.cluster = self.session = None
+        # The driver's Cluster and Session once open (the driver has no type hints).
+        self.cluster: Any = None
+        self.session: Any = None
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{id(self):x}"
         self.epoch = 0
         self._tail: tuple[int, bytes] = (0, GENESIS)
@@ -230,7 +234,7 @@ class ScyllaAuditStore:
             rows = await execute(self.session, self.s["writer_serial"])
             if not rows:
                 applied = await execute(self.session, self.s["first_writer"], (self.owner, GENESIS))
-                state = (1, 0, GENESIS, {})
+                state: tuple[int, int, bytes, dict[str, int]] = (1, 0, GENESIS, {})
             else:
                 epoch, tail_seq, tail_hash, positions = rows[0]
                 applied = await execute(self.session, self.s["take_over"], (epoch + 1, self.owner, epoch, tail_seq))
@@ -452,7 +456,8 @@ class ScyllaAuditStore:
                     continue
                 days_done.add(day)
                 key = query.door_id or query.user_id
-                stmt, params = self.s["door" if query.door_id else "user"], (key, day, after_seq, view.tail)
+                params: tuple[object, ...] = (key, day, after_seq, view.tail)
+                stmt = self.s["door" if query.door_id else "user"]
             else:
                 stmt, params = self.s["rows"], (part, after_seq, view.tail)
             # Page through the whole partition: a filter may reject any number of rows. Pages
@@ -467,7 +472,8 @@ class ScyllaAuditStore:
                             return found
         return found
 
-    async def read_occurred(self, query: AuditQuery, after: tuple[int, int, int] | None):
+    async def read_occurred(self, query: AuditQuery,
+                            after: tuple[int, int, int] | None) -> AsyncGenerator[AuditRecord, None]:
         """Occurrence order by a sweep merge (occurrence_merge.py) of the parts, or of the door/user days.
 
         Each partition's lower source-time bound comes from `audit_parts`; the
@@ -531,7 +537,7 @@ class ScyllaAuditStore:
             if last_day is not None and day_of_part(part) > last_day:
                 break
             async for page in pages(self.session, self.s["rows"], (part, after, view.tail)):
-                batch = []
+                batch: list[AuditRecord] = []
                 for row in page:
                     r = _record(row)
                     if not view.valid(r.seq, row[-1]) or (end_us and r.stored_time_us >= end_us):

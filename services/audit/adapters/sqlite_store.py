@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,10 +55,13 @@ COLUMNS = ("seq, event_id, type, actor, action, user_id, door_id, credential_id,
            "source_time_us, stored_time_us, envelope, prev_hash, hash, causal_rank")
 PAGE = 256
 """Rows per occurrence-order query: one page in memory at a time."""
+EventRow = tuple[int, str, str, str, str, str, str, str, str, str, int, int, int, bytes, bytes, bytes, int]
+"""One row of COLUMNS."""
 
 
-def _where(query: AuditQuery) -> tuple[list[str], list]:
-    where, params = [], []
+def _where(query: AuditQuery) -> tuple[list[str], list[object]]:
+    where: list[str] = []
+    params: list[object] = []
     for column, value in (("door_id", query.door_id), ("user_id", query.user_id)):
         if value:
             where.append(f"{column} = ?")
@@ -74,7 +78,7 @@ def _where(query: AuditQuery) -> tuple[list[str], list]:
     return where, params
 
 
-def _record(row) -> AuditRecord:
+def _record(row: EventRow) -> AuditRecord:
     return AuditRecord(*row[:13], bytes(row[13]), bytes(row[14]), bytes(row[15]), row[16])
 
 
@@ -189,7 +193,8 @@ class SqliteAuditStore:
         sql = f"SELECT {COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
         return [_record(r) for r in self._reader().execute(sql, (*params, limit))]
 
-    async def read_occurred(self, query: AuditQuery, after: tuple[int, int, int] | None):
+    async def read_occurred(self, query: AuditQuery,
+                            after: tuple[int, int, int] | None) -> AsyncGenerator[AuditRecord, None]:
         tail = self._tail[0]  # the snapshot: rows stored after this call began are not included
         while True:
             page = await asyncio.to_thread(self._read_occurred, query, after, tail)
@@ -240,6 +245,8 @@ class SqliteAuditStore:
     async def park(self, stream: str, stream_seq: int, raw: bytes, error: str) -> None:
         def write() -> None:
             with self._lock:
+                if self._writer is None:
+                    raise RuntimeError("store is not open")
                 self._writer.execute("INSERT OR IGNORE INTO parked VALUES (?, ?, ?, ?)",
                                      (stream, stream_seq, raw, error))
         await asyncio.to_thread(write)
