@@ -38,7 +38,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
-from latchkit import bus, envelope
+from latchkit import bus, envelope, tracing
 from latchkit.bus import (
     PERMISSIONS_STREAM,
     PERMISSIONS_SUBJECT_PREFIX,
@@ -78,6 +78,9 @@ class LocalCache:
         self._partial: dict[int, tuple[int, list[int]]] = {}
         self._pairs: dict[tuple[str, str], tuple[int, PairRow | None, float]] = {}
         self._creds: dict[str, tuple[int, CredentialRow | None, float]] = {}
+        self.first_sight = tracing.FirstSight()
+        """With tracing on: per pair, the trace of the event that changed it, until the first
+        Unlock answered from that change (service.py) adds `access.first_unlock` to it."""
 
     # ---- reads (the Unlock hot path) ---------------------------------------------------
     def serving(self) -> bool:
@@ -146,6 +149,10 @@ class LocalCache:
         self.highest_seen = max(self.highest_seen, env.revision)
         for row in pairs:
             self._put(self._pairs, (row.door_id, row.user_id), row.version, row if row.payload else None, NEVER)
+        if pairs and tracing.ENABLED:
+            context = tracing.current_context()  # the feed's consumer span for this event
+            for row in pairs:
+                self.first_sight.remember((row.door_id, row.user_id), env.revision, context)
         for cred in creds:
             self._put(self._creds, cred_key(cred.kind, cred.secret_hash), cred.version, cred, NEVER)
         self.watermark = advance(self.watermark, self._partial, env.revision, env.revision_event_index,
@@ -204,7 +211,11 @@ class LocalCache:
                         # Everything before this event is gone from the stream: the view has
                         # applied it or nobody ever will. Part of its revision may be gone too.
                         self.start(env.revision - 1 if env.revision_event_index == 0 else env.revision)
-                    self.apply(env)
+                    if tracing.ENABLED:
+                        with bus.consumer_span("access.feed", msg):
+                            self.apply(env)
+                    else:
+                        self.apply(env)
                     backoff.reset()  # a successful round: a later failure starts a new outage
                 except Exception as exc:  # any failure: stop answering from a cache we cannot keep
                     failed.append(exc)
