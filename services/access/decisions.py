@@ -47,8 +47,8 @@ from collections.abc import Callable
 
 from prometheus_client import Gauge
 
-from latchkit import bus, envelope
-from latchkit.bus import BusSettings, connect, ensure_streams
+from latchkit import bus, envelope, tracing
+from latchkit.bus import BusSettings
 from latchkit.retry import Backoff, retry_forever
 from services.access.ports import DecisionSpool
 
@@ -107,6 +107,9 @@ class DecisionPublisher:
         # Held while a batch is in flight and while spilling: keeps the spool in decision order.
         self._order = asyncio.Lock()
         self._spooled = 0
+        # With tracing on: event id -> the traceparent of the call that recorded it (its server
+        # span), so its publish joins that trace. Off, never touched.
+        self._traces: dict[str, str] = {}
 
     def record(self, env) -> asyncio.Future | None:
         """Called on the response path: no I/O."""
@@ -125,6 +128,10 @@ class DecisionPublisher:
         return self._append((event_id, subject, (encode, args)))
 
     def _append(self, row: Row) -> asyncio.Future | None:
+        if tracing.ENABLED:
+            traceparent = tracing.current_traceparent()
+            if traceparent is not None:
+                self._traces[row[0]] = traceparent
         group = self._group
         if group is None and self.durability == "acked":
             group = self._group = self._last_group = asyncio.get_running_loop().create_future()
@@ -175,6 +182,10 @@ class DecisionPublisher:
                 count += 1
             if count:
                 await self.spool.append([_encoded(row) for _, row, _ in itertools.islice(self._pending, count)])
+                if self._traces:
+                    # The spool keeps no trace: those events are published, later, untraced.
+                    for _, row, _ in itertools.islice(self._pending, count):
+                        self._traces.pop(row[0], None)
                 self._settle(self._taken(count))
                 self._spooled += count
                 SPOOL_BACKLOG.set(self._spooled)
@@ -192,10 +203,7 @@ class DecisionPublisher:
         await retry_forever("decision publisher", self._publish_forever, log)
 
     async def _publish_forever(self, backoff: Backoff) -> None:
-        nc = await connect(self.bus, name="access-decisions", allow_reconnect=False)
-        try:
-            js = nc.jetstream()
-            await ensure_streams(js, self.bus)
+        async with bus.session(self.bus, name="access-decisions") as (_, js):
             while True:
                 bus.raise_if_cancelled()
                 if self._spooled:
@@ -214,8 +222,6 @@ class DecisionPublisher:
                     await asyncio.sleep(self.linger)
                 await self.publish_pending(js)
                 backoff.reset()
-        finally:
-            await bus.close(nc)
 
     def _messages(self, rows):
         """Consecutive rows -> (subject, payload, Nats-Msg-Id, events) messages, in order.
@@ -234,10 +240,14 @@ class DecisionPublisher:
 
     async def _publish(self, js, rows) -> tuple[int, Exception | None]:
         """Pipelined publish; returns how many of `rows` (a prefix) were acknowledged."""
-        futures = []
+        futures: list[tuple[asyncio.Future, int]] = []
         try:
-            for subject, payload, msg_id, events in self._messages(rows):
-                futures.append((await js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id}), events))
+            if tracing.ENABLED:
+                await self._publish_traced(js, rows, futures)
+            else:
+                for subject, payload, msg_id, events in self._messages(rows):
+                    futures.append((await js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id}),
+                                    events))
         except Exception as exc:  # the connection is gone: nothing after this was sent
             for future, _ in futures:
                 future.cancel()
@@ -254,6 +264,25 @@ class DecisionPublisher:
                 rest.cancel()  # a no-op on those already acknowledged
             return acked, exc
         return acked, None
+
+    async def _publish_traced(self, js, rows, futures: list) -> None:
+        """`_publish`'s sends with tracing on: each message in a producer span, a child of its
+        one event's Unlock trace, or linked to every Unlock trace of a batch. The span covers
+        the send; the ack is awaited after it with the rest of the round."""
+        start = 0
+        for subject, payload, msg_id, events in self._messages(rows):
+            chunk = rows[start:start + events]
+            start += events
+            parents = [tp for tp in (self._traces.pop(event_id, None) for event_id, _, _ in chunk) if tp]
+            if events == 1:
+                span = bus.publish_span(subject, {"Nats-Msg-Id": msg_id},
+                                        traceparent=parents[0] if parents else None)
+            else:
+                links = tuple(link for link in (tracing.link_to(tracing.extract({"traceparent": tp}))
+                                                for tp in parents) if link is not None)
+                span = bus.publish_span(subject, {"Nats-Msg-Id": msg_id}, links=links)
+            with span as headers:
+                futures.append((await js.publish_async(subject, payload, headers=headers), events))
 
     async def publish_pending(self, js) -> None:
         async with self._order:
@@ -303,7 +332,8 @@ class DecisionPublisher:
         await self.spool.close()
 
     async def _flush(self) -> None:
-        nc = await connect(self.bus, name="access-decisions-flush", allow_reconnect=False)
+        # The streams exist (the publisher ensured them); a flush at shutdown only sends.
+        nc = await bus.connect(self.bus, name="access-decisions-flush", allow_reconnect=False)
         try:
             js = nc.jetstream()
             while self._pending and not self._spooled:

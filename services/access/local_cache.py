@@ -40,13 +40,11 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
-from latchkit import bus, envelope
+from latchkit import bus, envelope, tracing
 from latchkit.bus import (
     PERMISSIONS_STREAM,
     PERMISSIONS_SUBJECT_PREFIX,
     BusSettings,
-    connect,
-    ensure_streams,
 )
 from latchkit.retry import Backoff, retry_forever
 from services.access.domain import cred_key
@@ -87,6 +85,9 @@ class LocalCache:
         self._partial: dict[int, tuple[int, list[int]]] = {}
         self._pairs: dict[tuple[str, str], tuple[int, PairRow | None, float]] = {}
         self._creds: dict[str, tuple[int, CredentialRow | None, float]] = {}
+        self.first_sight = tracing.FirstSight()
+        """With tracing on: per pair, the trace of the event that changed it, until the first
+        Unlock answered from that change (service.py) adds `access.first_unlock` to it."""
 
     # ---- reads (the Unlock hot path) ---------------------------------------------------
     def serving(self) -> bool:
@@ -155,6 +156,10 @@ class LocalCache:
         self.highest_seen = max(self.highest_seen, env.revision)
         for row in pairs:
             self._put(self._pairs, (row.door_id, row.user_id), row.version, row if row.payload else None, NEVER)
+        if pairs and tracing.ENABLED:
+            context = tracing.current_context()  # the feed's consumer span for this event
+            for row in pairs:
+                self.first_sight.remember((row.door_id, row.user_id), env.revision, context)
         for cred in creds:
             self._put(self._creds, cred_key(cred.kind, cred.secret_hash), cred.version, cred, NEVER)
         self.watermark = advance(self.watermark, self._partial, env.revision, env.revision_event_index,
@@ -192,51 +197,52 @@ class LocalCache:
             if not closed.done():
                 closed.set_result(None)
 
-        nc = await connect(self.bus, name="access-local-cache", allow_reconnect=False, closed_cb=on_closed)
         try:
-            js = nc.jetstream()
-            await ensure_streams(js, self.bus)
-            info = await js.stream_info(PERMISSIONS_STREAM)
-            last = info.state.last_seq
-            floor: int | None = 0
-            if last:
-                try:
-                    # A stored message always has data; none would fail to parse, as it should.
-                    floor = envelope.parse((await js.get_msg(PERMISSIONS_STREAM, last)).data or b"").revision
-                except NotFoundError:
-                    floor = None  # purged: the first event this feed sees sets the floor
-            failed: list[Exception] = []
+            async with bus.session(self.bus, name="access-local-cache", closed_cb=on_closed) as (_, js):
+                info = await js.stream_info(PERMISSIONS_STREAM)
+                last = info.state.last_seq
+                floor: int | None = 0
+                if last:
+                    try:
+                        # A stored message always has data; none would fail to parse, as it should.
+                        floor = envelope.parse((await js.get_msg(PERMISSIONS_STREAM, last)).data or b"").revision
+                    except NotFoundError:
+                        floor = None  # purged: the first event this feed sees sets the floor
+                failed: list[Exception] = []
 
-            async def on_msg(msg) -> None:
-                try:
-                    env = envelope.parse(msg.data)
-                    if not self.live:
-                        # Everything before this event is gone from the stream: the view has
-                        # applied it or nobody ever will. Part of its revision may be gone too.
-                        self.start(env.revision - 1 if env.revision_event_index == 0 else env.revision)
-                    self.apply(env)
-                    backoff.reset()  # a successful round: a later failure starts a new outage
-                except Exception as exc:  # any failure: stop answering from a cache we cannot keep
-                    failed.append(exc)
-                    if not closed.done():
-                        closed.set_result(None)
+                async def on_msg(msg) -> None:
+                    try:
+                        env = envelope.parse(msg.data)
+                        if not self.live:
+                            # Everything before this event is gone from the stream: the view has
+                            # applied it or nobody ever will. Part of its revision may be gone too.
+                            self.start(env.revision - 1 if env.revision_event_index == 0 else env.revision)
+                        if tracing.ENABLED:
+                            with bus.consumer_span("access.feed", msg):
+                                self.apply(env)
+                        else:
+                            self.apply(env)
+                        backoff.reset()  # a successful round: a later failure starts a new outage
+                    except Exception as exc:  # any failure: stop answering from a cache we cannot keep
+                        failed.append(exc)
+                        if not closed.done():
+                            closed.set_result(None)
 
-            if floor is not None:
-                self.start(floor)
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1)
-            await js.subscribe(PERMISSIONS_SUBJECT_PREFIX + ">", stream=PERMISSIONS_STREAM, cb=on_msg,
-                               ordered_consumer=True, idle_heartbeat=2.0, config=config)
-            self.following = True
-            backoff.reset()
-            log.info("local cache feed live", extra={"floor": floor, "start_seq": last + 1})
-            bus.raise_if_cancelled()  # a cancel lost inside nats-py would leave this wait forever
-            await closed
-            if failed:
-                raise failed[0]
-            raise ConnectionError("nats connection closed")
+                if floor is not None:
+                    self.start(floor)
+                config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1)
+                await js.subscribe(PERMISSIONS_SUBJECT_PREFIX + ">", stream=PERMISSIONS_STREAM, cb=on_msg,
+                                   ordered_consumer=True, idle_heartbeat=2.0, config=config)
+                self.following = True
+                backoff.reset()
+                log.info("local cache feed live", extra={"floor": floor, "start_seq": last + 1})
+                bus.raise_if_cancelled()  # a cancel lost inside nats-py would leave this wait forever
+                await closed
+                if failed:
+                    raise failed[0]
+                raise ConnectionError("nats connection closed")
         finally:
             self.stop()
-            await bus.close(nc)
 
 
 class PolledWatermark:

@@ -29,7 +29,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge
 
-from latchkit import bus, envelope
+from latchkit import bus, envelope, tracing
 from latchkit.bus import (
     PERMISSIONS_STREAM,
     PERMISSIONS_SUBJECT_PREFIX,
@@ -117,6 +117,9 @@ class Projector:
         # True once the backlog is empty: Redis has every key the view has.
         self._redis_complete = False
         self._lease_until = 0.0  # monotonic; the lease has surely expired in Redis after this
+        self.first_sight: tracing.FirstSight | None = None
+        """Set (by the Unlock service) in a process with no local cache: with tracing on, each
+        changed pair's event trace waits here for the first Unlock answered from it."""
 
     # ---- progress, for Unlock ------------------------------------------------------------
     async def reached(self, revision: int) -> None:
@@ -210,8 +213,15 @@ class Projector:
                               lambda msgs: self.apply(msgs, partial), backoff, beat=self._beat)
 
     async def apply(self, msgs, partial: dict) -> None:
+        # One consumer span for the round (a child of the one message's trace, linked to each
+        # of several); off, a boolean test.
+        with bus.consumer_batch_span("access.project", msgs):
+            await self._apply(msgs, partial)
+
+    async def _apply(self, msgs, partial: dict) -> None:
         batch = ViewBatch(partial=partial)
         watermark = self.watermark
+        sight = self.first_sight if tracing.ENABLED else None
         for msg in msgs:
             try:
                 env = envelope.parse(msg.data)
@@ -225,6 +235,11 @@ class Projector:
             batch.credentials += creds
             watermark = advance(watermark, partial, env.revision, env.revision_event_index,
                                 env.revision_event_count)
+            if sight is not None and pairs:
+                # The message's own trace (the batch span may be a root with links).
+                context = bus.extract_context(msg.headers)
+                for row in pairs:
+                    sight.remember((row.door_id, row.user_id), env.revision, context)
         batch.watermark = watermark
         await self.store(batch)
         for msg in msgs:

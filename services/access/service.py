@@ -22,7 +22,7 @@ from prometheus_client import Counter
 
 from access_rules import codec as access_codec
 from access_rules.rules import Reason, decide
-from latchkit import envelope, secret_hash, timestamps
+from latchkit import envelope, secret_hash, timestamps, tracing
 from latchkit.authz import may_unlock
 from latchkit.errors import InvalidArgument, PermissionDenied, Unavailable
 from latchkit.identity import Principal
@@ -124,6 +124,12 @@ class UnlockService:
         self.replays = ReplayMemory()
         self._decoded: dict[tuple[str, str, int], object] = {}
         self._ids = ids.Sequence()
+        # With tracing on, the first Unlock answered from a change ends that change's trace
+        # (`access.first_unlock`): the local cache's feed remembers each changed pair; with no
+        # local cache, the projector (in the process that runs it) does.
+        self.first_sight = local.first_sight if local is not None else None
+        if self.first_sight is None and projector is not None:
+            self.first_sight = projector.first_sight = tracing.FirstSight()
 
     # ---- revisions ----------------------------------------------------------------
     async def applied_revision(self) -> int:
@@ -218,6 +224,8 @@ class UnlockService:
             await self._durable(durable, time_remaining, started)
         # Only a durable answer is shared with the other processes (Redis) for retries.
         self.lookup.remember(door_id, request_id, answer)
+        if tracing.ENABLED and user_id and self.first_sight is not None:
+            self.first_sight.seen((door_id, user_id), revision)
         return response
 
     def _validate(self, principal: Principal | None, request: access_pb2.UnlockRequest, door_id: str,

@@ -27,10 +27,9 @@ loops waited out the 1.6 s they had reached in the first outage."""
 @pytest.fixture
 def broker(monkeypatch) -> FlakyBroker:
     broker = FlakyBroker()
-    # Both loops connect through latchkit.bus (its session, or its functions by name).
-    for module in (bus, decisions):
-        monkeypatch.setattr(module, "connect", broker.connect)
-        monkeypatch.setattr(module, "ensure_streams", broker.ensure_streams)
+    # Both loops connect through latchkit.bus's session.
+    monkeypatch.setattr(bus, "connect", broker.connect)
+    monkeypatch.setattr(bus, "ensure_streams", broker.ensure_streams)
     return broker
 
 
