@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -213,6 +213,29 @@ async def consume(puller: Puller, handle: Callable[[list], Awaitable[None]], bac
             continue
         await handle(msgs)
         backoff.reset()
+
+
+async def acked_in_order(sent: Sequence[tuple[asyncio.Future, int]],
+                         limit_s: float) -> tuple[int, Exception | None]:
+    """Await the acks of pipelined publishes (`(ack future, weight)` in the order sent) under one
+    timer; returns the weight of the acknowledged prefix and the first failure (None if none).
+
+    JetStream stores a connection's publishes in the order sent, so an acknowledged
+    prefix is exactly what may be forgotten (deleted, marked sent). At the first
+    failure the rest are cancelled, whatever their own fate: acknowledging out of
+    order would lose the order on the retry.
+    """
+    acked = 0
+    try:
+        async with asyncio.timeout(limit_s):
+            for future, weight in sent:
+                await future
+                acked += weight
+    except Exception as exc:  # keep order: stop at the first failure, whatever it is
+        for future, _ in sent:
+            future.cancel()  # a no-op on those already acknowledged
+        return acked, exc
+    return acked, None
 
 
 class Puller:

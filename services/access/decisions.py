@@ -252,18 +252,7 @@ class DecisionPublisher:
             for future, _ in futures:
                 future.cancel()
             return 0, exc
-        acked = 0
-        try:
-            # One timer for the batch; each ack awaited directly (no wait_for: fewer loop steps).
-            async with asyncio.timeout(ACK_WAIT_SECONDS):
-                for future, events in futures:
-                    await future
-                    acked += events
-        except Exception as exc:  # keep order: stop at the first failure, whatever it is
-            for rest, _ in futures:
-                rest.cancel()  # a no-op on those already acknowledged
-            return acked, exc
-        return acked, None
+        return await bus.acked_in_order(futures, ACK_WAIT_SECONDS)
 
     async def _publish_traced(self, js, rows, futures: list) -> None:
         """`_publish`'s sends with tracing on: each message in a producer span, a child of its

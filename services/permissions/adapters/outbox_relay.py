@@ -42,7 +42,8 @@ PUBLISH_LAG = Histogram("latchkey_outbox_publish_lag_seconds", "Commit to JetStr
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5, 30))
 LEADER = Gauge("latchkey_outbox_relay_leader", "1 while this process leads the relay")
 ACK_WAIT_SECONDS = 1.0
-"""How long the relay waits for a PubAck before it drops the connection and retries. A
+"""How long the relay waits for a round's PubAcks (pipelined: they come back together) before it
+drops the connection and retries. A
 healthy local broker answers in milliseconds; with `allow_reconnect=False` a broker that
 went away leaves the pending acks unanswered, and each second spent waiting here is a
 second in which no permission change is published."""
@@ -122,17 +123,7 @@ class OutboxRelay:
         else:
             futures = [await js.publish_async(subject, bytes(payload), headers={"Nats-Msg-Id": event_id})
                        for _, _, event_id, subject, payload, _, _ in rows]
-        acked = 0
-        error: Exception | None = None
-        for future in futures:
-            try:
-                await asyncio.wait_for(future, timeout=ACK_WAIT_SECONDS)
-                acked += 1
-            except Exception as exc:  # stop at the first failure: later acks must not be deleted out of order
-                error = exc
-                break
-        for future in futures[acked:]:
-            future.cancel()
+        acked, error = await bus.acked_in_order([(future, 1) for future in futures], ACK_WAIT_SECONDS)
         if acked:
             last_rev, last_idx = rows[acked - 1][0], rows[acked - 1][1]
             await conn.execute("DELETE FROM outbox WHERE (revision, idx) <= (%s, %s)", (last_rev, last_idx))
