@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from latchkey.events.v1 import events_pb2 as ev
+
 from access_rules.rules import PairAccess, Reason, Rule, Window, evaluate
 from services.access.projector import advance
 
@@ -81,3 +83,10 @@ def test_watermark_advances_only_over_complete_revisions():
     w = advance(w, partial, 1, 1, 2)          # revision 1 complete: 1 and 2 are applied
     assert (w, partial) == (2, {})
     assert advance(w, partial, 2, 0, 1) == 2  # old events are ignored
+
+
+def test_every_rule_reason_is_the_contracts_decision_reason_of_the_same_name_and_number():
+    # Unlock and ExplainAccess send `Reason` values as `DecisionReason` numbers: one table, two names.
+    contract = {name.removeprefix("DECISION_REASON_"): number
+                for name, number in ev.DecisionReason.items() if number != 0}
+    assert {r.name: r.value for r in Reason} == contract

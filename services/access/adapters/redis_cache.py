@@ -3,8 +3,8 @@
 Entries are hashes {v: version, p: payload} (pairs) or {v, id, u, r}
 (credentials). Every write goes through one Lua script that writes only if
 the version is higher, so a read-through fill racing the projector can never
-bring back a revoked grant, and a revoke is a versioned entry, not a DEL (see
-CONVENTIONS.md). Versions are revisions, far below 2^53 (Lua numbers are
+bring back a revoked grant, and a revoke is a versioned entry, not a DEL (a DEL
+would let the slower fill write the old grant back). Versions are revisions, far below 2^53 (Lua numbers are
 doubles). "Nothing there" is cached too, as version 0, for a shorter TTL.
 
 Unlock by credential needs the credential then the pair: `LOOKUP` does both

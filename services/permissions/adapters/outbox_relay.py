@@ -14,8 +14,10 @@
   The wait goes back to its shortest after every successful round (leading
   never returns, so resetting on return would never happen), and an ack not
   back within `ACK_WAIT_SECONDS` counts as a dead connection.
-  Rows are never relayed by "id > last seen" (see CONVENTIONS.md): the table
-  itself is the queue, so a late commit can never be skipped.
+  Rows are never relayed by "id > last seen": ids are taken at insert but
+  become visible at commit, so a later id can commit first and a "last seen"
+  cursor would skip the earlier one for good. The table itself is the queue,
+  and a late commit can never be skipped.
 - Tracing on: a row that kept its write's `traceparent` is published under a
   producer span child of it, and the message carries the span's `traceparent`
   header (docs/tracing.md). Off, the round is what it always was.
