@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from devstack.stack import free_port
-from latchkit import endpoints
+from latchkit import endpoints, process
 from latchkit.settings import REPO_ROOT, TlsSettings
 from ops.run import health_of
 
@@ -126,13 +126,7 @@ class Services:
     env: dict[str, str]
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        process.stop_all(self.procs.values(), grace_s=15)
 
 
 def start_services(stack_urls, pki_dir: Path, state_dir: Path, names=("permissions", "access", "audit"),

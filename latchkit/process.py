@@ -13,7 +13,8 @@ import contextlib
 import ctypes
 import os
 import signal
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterable
 
 PR_SET_PDEATHSIG = 1
 
@@ -46,6 +47,23 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def stop_all(procs: Iterable[subprocess.Popen], grace_s: float) -> None:
+    """SIGTERM every child still running, give each `grace_s` to end, then SIGKILL what is left.
+
+    All are signalled first, so they shut down together rather than one after another.
+    """
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def stop_pid(pid: int, timeout: float, poll: float = 0.05) -> None:

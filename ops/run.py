@@ -213,12 +213,5 @@ def run_all(console: Console) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the clean-up short
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        process.stop_all(procs.values(), grace_s=15)
         pidfile.unlink(missing_ok=True)

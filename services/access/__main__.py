@@ -92,14 +92,7 @@ class Workers:
                 self._spawn(index)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        process.stop_all(self.procs.values(), grace_s=30)
 
 
 def main() -> None:

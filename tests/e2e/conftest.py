@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from devstack.stack import free_port
-from latchkit import endpoints
+from latchkit import endpoints, process
 from latchkit.bus import purge_streams
 from latchkit.settings import REPO_ROOT
 from ops.run import health_of
@@ -103,14 +102,7 @@ def system(request, stack, pki, tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        process.stop_all(procs.values(), grace_s=15)
 
 
 @pytest.fixture
