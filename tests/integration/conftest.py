@@ -93,6 +93,15 @@ async def collector(tracing_service):
 
 
 @pytest.fixture
+def tracing_off(tracing_service):
+    """This process's tracing switched off for the test (as with no OTLP endpoint)."""
+    tracing.configure(tracing_service, {})
+    assert tracing.ENABLED is False
+    yield
+    tracing.shutdown()
+
+
+@pytest.fixture
 async def scratch_stream(urls):
     """(jetstream, name): a JetStream stream of the test's own, deleted after it."""
     import nats

@@ -19,25 +19,11 @@ from services.access.adapters.sqlite_spool import SqliteDecisionSpool
 from services.access.decisions import DecisionPublisher
 from tests.integration.test_decision_durability import record
 from tests.integration.test_decision_spool import stored_decisions
-from tests.otlp_collector import Collector
 
 
 @pytest.fixture
-async def collector():
-    received = Collector()
-    await received.start()
-    tracing.configure("access", {"OTEL_EXPORTER_OTLP_ENDPOINT": received.endpoint})
-    yield received
-    tracing.shutdown()
-    await received.stop()
-
-
-@pytest.fixture
-def tracing_off():
-    tracing.configure("access", {})
-    assert tracing.ENABLED is False
-    yield
-    tracing.shutdown()
+def tracing_service() -> str:
+    return "access"
 
 
 @pytest.fixture

@@ -29,19 +29,13 @@ from services.access.decisions import DecisionPublisher
 from services.access.domain import DenialThrottle
 from services.access.projector import Projector
 from services.access.service import UnlockService
-from tests.otlp_collector import Collector
 
 KEY = b"k" * 32
 
 
 @pytest.fixture
-async def collector():
-    received = Collector()
-    await received.start()
-    tracing.configure("access", {"OTEL_EXPORTER_OTLP_ENDPOINT": received.endpoint})
-    yield received
-    tracing.shutdown()
-    await received.stop()
+def tracing_service() -> str:
+    return "access"
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from latchkit import tracing
 from latchkit.bus import PERMISSIONS_STREAM, ensure_streams
 from services.permissions import migrations
 from services.permissions.adapters.outbox_relay import libpq_dsn
@@ -42,14 +41,6 @@ class Relayed:
 @pytest.fixture
 def tracing_service() -> str:
     return "permissions"
-
-
-@pytest.fixture
-def tracing_off():
-    tracing.configure("permissions", {})
-    assert tracing.ENABLED is False
-    yield
-    tracing.shutdown()
 
 
 async def _grant_and_relay(urls, pki) -> Relayed:
