@@ -111,6 +111,13 @@ class DecisionPublisher:
         # span), so its publish joins that trace. Off, never touched.
         self._traces: dict[str, str] = {}
 
+
+    @property
+    def traces_kept(self) -> int:
+        """Trace contexts held for recorded events not yet published (always 0 with tracing off):
+        each is dropped when its event is sent or spooled, so this never outgrows the backlog."""
+        return len(self._traces)
+
     def record(self, env) -> asyncio.Future | None:
         """Called on the response path: no I/O."""
         return self.record_serialized(env.event_id, envelope.subject(env), env.SerializeToString())

@@ -60,7 +60,7 @@ async def test_with_tracing_off_decision_messages_carry_no_traceparent(tracing_o
     headers = await headers_of_messages(urls.nats_url, door)
     assert len(headers) == 2
     assert all("traceparent" not in h and "Nats-Msg-Id" in h for h in headers)
-    assert decisions._traces == {}
+    assert decisions.traces_kept == 0
 
 
 async def test_a_lone_decision_is_published_in_its_unlocks_trace(collector, publisher, urls):
@@ -95,4 +95,4 @@ async def test_a_batch_of_decisions_is_published_linked_to_each_unlocks_trace(co
     assert sorted(publish.links) == sorted(unlocks)
     assert publish.trace_id not in {trace for trace, _ in unlocks}
     assert headers["traceparent"].split("-")[1:3] == [publish.trace_id, publish.span_id]
-    assert decisions._traces == {}
+    assert decisions.traces_kept == 0
