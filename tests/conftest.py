@@ -21,6 +21,7 @@ import pytest
 from devstack import certs
 from devstack.stack import Stack, StackPorts
 from latchkit.settings import REPO_ROOT, TlsSettings
+from tests.system import system  # noqa: F401  (the one system fixture every suite shares)
 
 _STACK: Stack | None = None
 CQL_FIXTURES = {"cql_settings"}

@@ -19,7 +19,6 @@ from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 
 from latchkit.tls import channel_credentials
-from tests.e2e.conftest import system  # noqa: F401  (the fixture, reused)
 
 HERE = __file__.rsplit("/", 1)[0]
 
