@@ -23,7 +23,7 @@ from latchkit import endpoints
 from latchkit.settings import REPO_ROOT
 from ops.run import health_of
 from tests.conftest import Pki
-from tests.e2e.conftest import System
+from tests.system import System
 
 ACCESS_WORKERS = 2
 TMPFS_BYTES = 64 * 1024 * 1024
