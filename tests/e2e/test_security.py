@@ -22,6 +22,8 @@ SERVICES = {"permissions": (pm, "PermissionsService"), "access": (access_pb2, "A
 PERMISSION_READS = {"GetUser", "ListUsers", "GetDoor", "ListDoors", "GetGroup", "ListGroups", "ListGroupMembers",
                     "GetSchedule", "ListSchedules", "GetCredential", "ListCredentials", "GetGrant", "ListGrants",
                     "ExplainAccess"}
+# The access service also reads the snapshot it rebuilds its view from; nothing else writes or exports.
+ACCESS_SERVICE_CALLS = PERMISSION_READS | {"ExportAccessSnapshot"}
 
 
 def expected_allowed(principal: str, service: str, method: str) -> bool:
@@ -32,7 +34,7 @@ def expected_allowed(principal: str, service: str, method: str) -> bool:
     if principal == "door":
         return (service, method) == ("access", "Unlock")
     if principal == "service-access":
-        return service == "permissions" and method in PERMISSION_READS
+        return service == "permissions" and method in ACCESS_SERVICE_CALLS
     return False  # other services, unknown roles: nothing
 
 
