@@ -8,11 +8,13 @@ publishing its own database's revisions into the other's view.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -72,14 +74,22 @@ def system(request, stack, pki, tmp_path_factory):
                 "LATCHKEY_SCYLLA_REPLICATION_FACTOR": "1",
                 # The engine shares two cores with the whole suite: allow it a slow second.
                 "LATCHKEY_SCYLLA_REQUEST_TIMEOUT_SECONDS": "5"}
+    # The integration tests publish from databases of their own into the same streams, each
+    # with its own revisions: the system starts on empty streams, whichever ran first.
+    asyncio.run(purge_streams(urls.nats_url))
+    with running_services(env, pki) as (targets, procs):
+        yield System(targets=targets, env=env, procs=procs, backend=request.param)
+
+
+@contextlib.contextmanager
+def running_services(env: dict[str, str], pki) -> Iterator[tuple[dict[str, str], dict[str, subprocess.Popen]]]:
+    """`(targets, processes)`: the three services from their entry points on free ports, migrated
+    first exactly as `make run` does, each SERVING; stopped (SIGTERM, then SIGKILL) on exit.
+    `env` gets the ports; the client certificate `health_of` uses is the admin's meanwhile."""
     for e in endpoints.ALL:
         env[f"{e.env_prefix}_PORT"] = str(free_port())
         env[f"{e.env_prefix}_METRICS_PORT"] = "0"
     targets = {e.service: f"localhost:{env[f'{e.env_prefix}_PORT']}" for e in endpoints.ALL}
-    # The integration tests publish from databases of their own into the same streams, each
-    # with its own revisions: the system starts on empty streams, whichever ran first.
-    asyncio.run(purge_streams(urls.nats_url))
-    # Migrations first, exactly as `make run` does.
     subprocess.run([sys.executable, "-m", "ops.cli_migrate"], env=env, cwd=REPO_ROOT, check=True)
     procs = {
         name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, cwd=REPO_ROOT)
@@ -100,7 +110,7 @@ def system(request, stack, pki, tmp_path_factory):
                     del pending[name]
             time.sleep(0.1)
         assert not pending, f"not healthy within 60 s: {sorted(pending)}"
-        yield System(targets=targets, env=env, procs=procs, backend=request.param)
+        yield targets, procs
     finally:
         for k, v in old.items():
             if v is None:

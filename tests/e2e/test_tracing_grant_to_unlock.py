@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import uuid
 
 import grpc
@@ -22,12 +18,11 @@ from latchkey.events.v1 import events_pb2 as ev
 from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 
-from devstack.stack import Stack, StackPorts, free_port
-from latchkit import endpoints
+from devstack.stack import Stack, StackPorts
 from latchkit.settings import REPO_ROOT
 from latchkit.tls import channel_credentials
-from ops.run import health_of
 from tests.otlp_collector import Collector
+from tests.system import running_services
 from tests.waiting import until
 
 
@@ -67,41 +62,10 @@ def traced_system(collector, pki):
         "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # export within 0.1 s, not the default 5 s
     }
-    for e in endpoints.ALL:
-        env[f"{e.env_prefix}_PORT"] = str(free_port())
-        env[f"{e.env_prefix}_METRICS_PORT"] = "0"
-    targets = {e.service: f"localhost:{env[f'{e.env_prefix}_PORT']}" for e in endpoints.ALL}
-    subprocess.run([sys.executable, "-m", "ops.cli_migrate"], env=env, cwd=REPO_ROOT, check=True)
-    procs = {name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, cwd=REPO_ROOT)
-             for name in targets}
-    # `health_of` asks with the client certificate these name.
-    client_env = {"LATCHKEY_CLIENT_TLS_CA": str(pki.dir / "ca.pem"),
-                  "LATCHKEY_CLIENT_TLS_CERT": str(pki.dir / "admin.pem"),
-                  "LATCHKEY_CLIENT_TLS_KEY": str(pki.dir / "admin-key.pem")}
-    saved = {k: os.environ.get(k) for k in client_env}
-    os.environ.update(client_env)
     try:
-        deadline = time.monotonic() + 60
-        for name, target in targets.items():
-            while health_of(target, timeout=0.5) != "SERVING":
-                assert procs[name].poll() is None, f"{name} exited with {procs[name].returncode}"
-                assert time.monotonic() < deadline, f"{name} not healthy within 60 s"
-                time.sleep(0.1)
-        yield targets
+        with running_services(env, pki) as (targets, _):
+            yield targets
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
         stack.down()
         shutil.rmtree(stack.state_dir, ignore_errors=True)
 
