@@ -174,6 +174,7 @@ class ImportPlan:
     records: list[Record]
     chunks: list[list[Record]]
     file_sha256: str
+    chunk_size: int
     state_file: Path
     done: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -183,7 +184,7 @@ class ImportPlan:
 
     def record_done(self, index: int, user_ids: list[str], grants: int, revision: int) -> None:
         self.done[index] = {"user_ids": user_ids, "grants": grants, "revision": revision}
-        state = {"file": self.path.name, "file_sha256": self.file_sha256, "chunk_size": len(self.chunks[0]),
+        state = {"file": self.path.name, "file_sha256": self.file_sha256, "chunk_size": self.chunk_size,
                  "records": len(self.records), "chunks": {str(i): c for i, c in sorted(self.done.items())}}
         temporary = self.state_file.with_name(self.state_file.name + ".tmp")
         temporary.write_text(json.dumps(state, indent=1))
@@ -199,16 +200,21 @@ def prepare(path: Path | str, *, fmt: str | None = None, chunk_size: int = 500, 
     data = path.read_bytes()
     records = parse(data, detect_format(path, fmt))
     plan = ImportPlan(path, records, [records[i:i + chunk_size] for i in range(0, len(records), chunk_size)],
-                      hashlib.sha256(data).hexdigest(), state_path(path, state_dir))
+                      hashlib.sha256(data).hexdigest(), chunk_size, state_path(path, state_dir))
     if plan.state_file.exists() and not restart:
-        state = json.loads(plan.state_file.read_text())
+        try:
+            state = json.loads(plan.state_file.read_text())
+            done = {int(i): dict(c) for i, c in state["chunks"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise BadInput(f"{plan.state_file} is not an import state file; pass --restart to start over, "
+                           "or remove it") from None
         if state.get("file_sha256") != plan.file_sha256:
             raise BadInput(f"{path} changed since the import recorded in {plan.state_file}; resuming would mix "
                            "two files. Run again with --restart to import this file from its first record")
         if state.get("chunk_size") != chunk_size:
             raise BadInput(f"{plan.state_file} was written with --chunk {state.get('chunk_size')}; resume with "
                            "that, or pass --restart")
-        plan.done = {int(i): c for i, c in state["chunks"].items()}
+        plan.done = done
     return plan
 
 
@@ -268,7 +274,7 @@ def import_file(path: Path | str, stub, *, fmt: str | None = None, chunk_size: i
 def _request_id(chunk: list[Record], index: int, step: str) -> str:
     # From the chunk's own records (not the whole file's hash): after --restart with an edited file,
     # chunks that did not change replay their stored answers instead of meeting their own users.
-    content = json.dumps([asdict(r) for r in chunk]).encode()
+    content = json.dumps([(r.external_id, r.display_name, r.email, r.door_ids) for r in chunk]).encode()
     return "import-" + hashlib.sha256(b"%d\0%s\0" % (index, step.encode()) + content).hexdigest()[:48]
 
 

@@ -154,3 +154,19 @@ def test_a_changed_file_refuses_to_resume_and_restart_starts_over(tmp_path):
     with pytest.raises(BadInput, match="changed since the import.*--restart"):
         prepare(source, chunk_size=1)
     assert prepare(source, chunk_size=1, restart=True).done == {}
+
+
+def test_a_file_smaller_than_one_chunk_resumes_with_the_same_chunk_option(tmp_path):
+    source = tmp_path / "users.csv"
+    source.write_text("external_id,display_name\ne-1,Ada\n")
+    prepare(source).record_done(0, ["u-1"], 0, 3)
+    assert list(prepare(source).done) == [0]
+
+
+def test_a_state_file_that_is_not_one_is_refused_until_restarted(tmp_path):
+    source = tmp_path / "users.csv"
+    source.write_text("external_id,display_name\ne-1,Ada\n")
+    (tmp_path / "users.csv.import-state.json").write_text("{not json")
+    with pytest.raises(BadInput, match="not an import state file; pass --restart"):
+        prepare(source)
+    assert prepare(source, restart=True).done == {}
