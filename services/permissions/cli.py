@@ -33,6 +33,7 @@ MAX_CHARS = {"external_id": 200, "display_name": 200, "email": 320}  # the serve
 MAX_BATCH = 1000
 RETRIED = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
 MAX_RETRY_WAIT = 30.0
+REQUEST_OVERHEAD = 128  # a batch request's own fields (its request_id) next to its items
 
 
 class BadInput(ValueError):
@@ -242,16 +243,21 @@ class ImportSummary:
 
 
 def run(plan: ImportPlan, stub, *, on_chunk_done: Callable[[ChunkDone], None] | None = None,
-        timeout: float = 60.0, attempts: int = 8) -> ImportSummary:
-    """Send every chunk the state file does not list as done; `stub` is a PermissionsServiceStub (sync)."""
+        timeout: float = 60.0, attempts: int = 8, max_message_bytes: int | None = None) -> ImportSummary:
+    """Send every chunk the state file does not list as done; `stub` is a PermissionsServiceStub (sync).
+    `max_message_bytes`: the server's request limit (default: LATCHKEY_PERMISSIONS_MAX_MESSAGE_BYTES)."""
+    from latchkit.settings import env_int
+
     started = time.monotonic()
+    limit = max_message_bytes or env_int("LATCHKEY_PERMISSIONS_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1024)
+    sender = _Sender(stub, timeout, attempts, limit - REQUEST_OVERHEAD)
     summary = ImportSummary(len(plan.records), len(plan.chunks), len(plan.done), 0, 0,
                             max((c["revision"] for c in plan.done.values()), default=0), 0.0, str(plan.state_file))
     done = plan.records_done
     for index, chunk in enumerate(plan.chunks):
         if index in plan.done:
             continue
-        user_ids, grants, revision = _send_chunk(stub, chunk, index, timeout, attempts)
+        user_ids, grants, revision = sender.chunk(chunk, index)
         plan.record_done(index, user_ids, grants, revision)
         summary.users_created += len(chunk)
         summary.grants_created += grants
@@ -278,37 +284,61 @@ def _request_id(chunk: list[Record], index: int, step: str) -> str:
     return "import-" + hashlib.sha256(b"%d\0%s\0" % (index, step.encode()) + content).hexdigest()[:48]
 
 
-def _send_chunk(stub, chunk: list[Record], index: int, timeout: float, attempts: int) -> tuple[list[str], int, int]:
-    import grpc
-    from latchkey.permissions.v1 import permissions_pb2 as pm
+@dataclass(frozen=True)
+class _Sender:
+    """Sends one chunk: its users, then their grants, each in as few batches as the server accepts."""
 
-    where = f"chunk {index + 1} (lines {chunk[0].line}-{chunk[-1].line})"
-    try:
-        users = _call(stub.BatchCreateUsers, pm.BatchCreateUsersRequest(
-            request_id=_request_id(chunk, index, "users"),
-            requests=[pm.CreateUserRequest(user=pm.User(display_name=r.display_name, email=r.email,
-                                                        external_id=r.external_id)) for r in chunk]),
-            timeout, attempts)
-    except grpc.RpcError as exc:
-        raise _stopped(exc, where, [(f"line {r.line} (external_id {r.external_id!r})", repr(r.external_id))
-                                   for r in chunk],
-                       "nothing of this chunk was written") from None
-    user_ids = [u.user_id for u in users.users]
-    grants = [(r, user_id, door) for r, user_id in zip(chunk, user_ids, strict=True) for door in r.door_ids]
-    revision = users.revision
-    for k in range(0, len(grants), MAX_BATCH):
-        part = grants[k:k + MAX_BATCH]
-        try:
-            reply = _call(stub.BatchGrantAccess, pm.BatchGrantAccessRequest(
-                request_id=_request_id(chunk, index, f"grants-{k // MAX_BATCH}"),
-                requests=[pm.GrantAccessRequest(grant=pm.Grant(user_id=u, door_id=d)) for _, u, d in part]),
-                timeout, attempts)
-        except grpc.RpcError as exc:
-            raise _stopped(exc, where, [(f"line {r.line} (door {d})", "") for r, _, d in part],
-                           "this chunk's users exist, not all of its grants; a rerun replays the users and "
-                           "sends the grants again") from None
-        revision = max(revision, reply.revision)
-    return user_ids, len(grants), revision
+    stub: Any
+    timeout: float
+    attempts: int
+    max_bytes: int
+
+    def chunk(self, chunk: list[Record], index: int) -> tuple[list[str], int, int]:
+        from latchkey.permissions.v1 import permissions_pb2 as pm
+
+        where = f"chunk {index + 1} (lines {chunk[0].line}-{chunk[-1].line})"
+        users = [(pm.CreateUserRequest(user=pm.User(display_name=r.display_name, email=r.email,
+                                                    external_id=r.external_id)),
+                  f"line {r.line} (external_id {r.external_id!r})", repr(r.external_id)) for r in chunk]
+        replies = self._send(self.stub.BatchCreateUsers, pm.BatchCreateUsersRequest, users, where,
+                             _request_id(chunk, index, "users"), users_written=False)
+        user_ids = [u.user_id for reply in replies for u in reply.users]
+        grants = [(pm.GrantAccessRequest(grant=pm.Grant(user_id=user_id, door_id=door)), f"line {r.line} (door {door})",
+                   "") for r, user_id in zip(chunk, user_ids, strict=True) for door in r.door_ids]
+        replies += self._send(self.stub.BatchGrantAccess, pm.BatchGrantAccessRequest, grants, where,
+                              _request_id(chunk, index, "grants"), users_written=True)
+        return user_ids, len(grants), max(reply.revision for reply in replies)
+
+    def _send(self, method, request_type, items: list[tuple[Any, str, str]], where: str, request_id: str,
+              users_written: bool) -> list:
+        import grpc
+
+        replies = []
+        for k, part in enumerate(_batches(items, self.max_bytes)):
+            request = request_type(request_id=f"{request_id}-{k}", requests=[item for item, _, _ in part])
+            try:
+                replies.append(_call(method, request, self.timeout, self.attempts))
+            except grpc.RpcError as exc:
+                written = ("nothing of this chunk was written" if not (k or users_written) else
+                           "this chunk is partly written (a rerun replays that part)")
+                raise _stopped(exc, where, [(label, needle) for _, label, needle in part], written) from None
+        return replies
+
+
+def _batches(items: list[tuple[Any, str, str]], max_bytes: int) -> Iterator[list[tuple[Any, str, str]]]:
+    """Consecutive runs of at most MAX_BATCH items whose request stays under the server's message limit
+    (LATCHKEY_PERMISSIONS_MAX_MESSAGE_BYTES, 64 KiB by default: less than 1,000 grants)."""
+    part: list[tuple[Any, str, str]] = []
+    size = 0
+    for item in items:
+        cost = item[0].ByteSize() + 4  # the item, its field tag and its length
+        if part and (len(part) == MAX_BATCH or size + cost > max_bytes):
+            yield part
+            part, size = [], 0
+        part.append(item)
+        size += cost
+    if part:
+        yield part
 
 
 def _call(method, request, timeout: float, attempts: int):
@@ -321,7 +351,7 @@ def _call(method, request, timeout: float, attempts: int):
         try:
             return method(request, timeout=timeout)
         except grpc.RpcError as exc:
-            if exc.code().name not in RETRIED or attempt == attempts:
+            if exc.code().name not in RETRIED or attempt == attempts or _too_large(exc):
                 raise
             time.sleep(_retry_delay(exc) or backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, 10.0)
@@ -337,9 +367,16 @@ def _stopped(exc, where: str, items: list[tuple[str, str]], written: str) -> Imp
         at = ", " + items[int(named.group(1))][0]
     else:  # ALREADY_EXISTS names the external_id, perhaps without the index
         at = next((", " + label for label, needle in items if needle and needle in details), "")
-    retried = " (retried until giving up)" if code.name in RETRIED else ""
+    retried = " (retried until giving up)" if code.name in RETRIED and not _too_large(exc) else ""
+    if _too_large(exc):
+        details += " (the server's LATCHKEY_PERMISSIONS_MAX_MESSAGE_BYTES is below this one's)"
     return ImportStopped(f"{where}{at}: {code.name}{retried}: {details}; {written}; a rerun resumes with "
                          "this chunk", code)
+
+
+def _too_large(exc) -> bool:
+    """The server's refusal of a request over its message limit: RESOURCE_EXHAUSTED too, but no retry helps."""
+    return exc.code().name == "RESOURCE_EXHAUSTED" and "larger than max" in (exc.details() or "")
 
 
 def _retry_delay(exc) -> float | None:
