@@ -14,7 +14,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 
-from services.permissions.cli import ImportStopped, import_file, prepare, run
+from services.permissions.bulk_import import ImportStopped, import_file, prepare, run
 
 DOOR = "5f0c1d4e-8a7b-4c2d-9e1f-0a1b2c3d4e5f"
 
