@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from latchkit import endpoints
 from latchkit.bus import BusSettings
-from latchkit.settings import ServerSettings, env_float, env_int, env_str
+from latchkit.settings import ServerSettings, SettingsError, env_float, env_int, env_str
 
 DEFAULT_DSN = "postgresql://latchkey@127.0.0.1:25432/latchkey"
+RELAY_MODES = ("process", "task")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,11 @@ class PermissionsSettings:
     """LATCHKEY_OUTBOX_POLL_SECONDS: the relay polls this often even without a NOTIFY."""
     relay_batch: int
     """LATCHKEY_OUTBOX_BATCH: rows published per round."""
+    relay_mode: str = "task"
+    """LATCHKEY_OUTBOX_RELAY: `process` (the environment's default): `python -m services.permissions`
+    runs the relay in a child process of its own, off the request loop; `task`: in the server's
+    own loop, as a background job. Settings built in code (tests and tools that build the app
+    in-process, with no child to start) default to `task`."""
 
     @classmethod
     def from_env(cls) -> PermissionsSettings:
@@ -36,4 +42,12 @@ class PermissionsSettings:
             pool_size=env_int("LATCHKEY_PERMISSIONS_DB_POOL_SIZE", 20, minimum=1),
             relay_poll_seconds=env_float("LATCHKEY_OUTBOX_POLL_SECONDS", 0.5),
             relay_batch=env_int("LATCHKEY_OUTBOX_BATCH", 256, minimum=1),
+            relay_mode=relay_mode(),
         )
+
+
+def relay_mode() -> str:
+    mode = env_str("LATCHKEY_OUTBOX_RELAY", "process").strip().lower()
+    if mode not in RELAY_MODES:
+        raise SettingsError(f"LATCHKEY_OUTBOX_RELAY={mode!r} is not one of {', '.join(RELAY_MODES)}")
+    return mode
