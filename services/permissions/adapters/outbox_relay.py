@@ -73,6 +73,7 @@ class OutboxRelay:
         self.batch = batch
         self.poll = poll_seconds
         self.is_leader = False
+        self.stopping = False
         self._wake = asyncio.Event()
         self._round = asyncio.Lock()
         """Held for a whole round (publish, acks, delete): `stop` waits for it."""
@@ -88,6 +89,7 @@ class OutboxRelay:
         going after `grace_s` (a broker that stopped answering) is cancelled as it is:
         its rows stay in the outbox for the next relay.
         """
+        self.stopping = True
         held = False
         try:
             held = await asyncio.wait_for(self._round.acquire(), grace_s)
