@@ -14,11 +14,16 @@ from latchkit import metrics_files
 # import. This process prepares (empties) the directory; the child inherits it.
 metrics_files.prepare("permissions")
 
+import logging  # noqa: E402
+
 from latchkit import logs, server  # noqa: E402
 from services.permissions import bootstrap  # noqa: E402
 from services.permissions.relay import RelayProcess  # noqa: E402
 from services.permissions.settings import PermissionsSettings  # noqa: E402
 
+log = logging.getLogger("latchkey.permissions")
+RELAY_START_SECONDS = 30.0
+"""How long the main process waits, before it serves, for its relay child to start relaying."""
 RELAY_STOP_EXTRA_SECONDS = 5.0
 """The relay child gets the server's grace period to finish its round; this much more before SIGKILL."""
 
@@ -27,6 +32,11 @@ async def serve(settings: PermissionsSettings, relay: RelayProcess | None) -> No
     app = bootstrap.build(settings)
     spec = app.spec()
     if relay is not None:
+        # Serving only once the relay runs, as with the relay in this loop: a write is not
+        # left in the outbox while the child is still importing.
+        if not await relay.started(RELAY_START_SECONDS):
+            log.warning("the outbox relay process did not start in time; serving without it",
+                        extra={"seconds": RELAY_START_SECONDS})
         spec.background.append(relay.supervise)
         spec.dependencies.append(relay.health_check())
     await server.serve_forever(settings.server, spec)

@@ -23,6 +23,7 @@ CPU from the request loop (one GIL) just when writes are committing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -38,6 +39,8 @@ from services.permissions.settings import PermissionsSettings
 
 log = logging.getLogger("latchkey.permissions.relay")
 PARENT_ENV = "LATCHKEY_PERMISSIONS_PARENT_PID"
+STARTED_FD_ENV = "LATCHKEY_PERMISSIONS_RELAY_STARTED_FD"
+"""The write end of a pipe on which the child says it has started relaying (`RelayProcess.started`)."""
 PARENT_CHECK_SECONDS = 1.0
 
 
@@ -58,14 +61,54 @@ class RelayProcess:
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0
         self.restarts = 0
+        self._started_fd: int | None = None
 
     def start(self) -> None:
-        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        read_end, write_end = os.pipe()
+        env = {**os.environ, PARENT_ENV: str(os.getpid()), STARTED_FD_ENV: str(write_end)}
         # No preexec_fn: a restart happens inside the running, threaded server, where Python
         # code between fork and exec can deadlock the child. The child asks for its
-        # parent-death signal itself, first thing (main below).
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.permissions.relay"], env=env)
+        # parent-death signal itself, first thing (main below). (pass_fds runs no Python.)
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "services.permissions.relay"], env=env,
+                                         pass_fds=(write_end,))
+        finally:
+            os.close(write_end)
         self.started_at = time.monotonic()
+        self._close_started()
+        self._started_fd = read_end
+
+    async def started(self, timeout_s: float) -> bool:
+        """Whether the child started relaying within `timeout_s` (False too if it exited first).
+
+        The main process waits for this before it serves: a fresh interpreter takes a second
+        or more to import, and a write committed before the relay runs would wait that long
+        to be published, where the relay in the server's own loop started with the server.
+        """
+        fd = self._started_fd
+        if fd is None:
+            return False
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            await asyncio.wait_for(readable, timeout_s)
+            return os.read(fd, 1) == b"1"  # b"": the child exited without a word
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(fd)
+            self._close_started()
+
+    def _close_started(self) -> None:
+        if self._started_fd is not None:
+            os.close(self._started_fd)
+            self._started_fd = None
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -102,6 +145,7 @@ class RelayProcess:
         return DependencyCheck("outbox_relay", probe, required=False)
 
     def stop(self, grace_s: float) -> None:
+        self._close_started()
         if self.proc is not None:
             process.stop_all([self.proc], grace_s=grace_s)
             forget_metrics(self.proc.pid)
@@ -122,6 +166,15 @@ async def parent_gone(parent: int) -> None:
     log.error("the permissions main process is gone; the relay stops", extra={"parent": parent})
 
 
+def say_started() -> None:
+    """Tell the parent (`RelayProcess.started`) this process relays; it may have stopped listening."""
+    fd = os.environ.pop(STARTED_FD_ENV, None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(int(fd), b"1")
+            os.close(int(fd))
+
+
 async def relay_until_stopped(settings: PermissionsSettings, parent: int | None) -> None:
     """Relay until SIGTERM (or the parent is gone), then finish the round in flight and return."""
     tracing.configure("permissions")
@@ -133,6 +186,7 @@ async def relay_until_stopped(settings: PermissionsSettings, parent: int | None)
     if parent is None:
         loop.add_signal_handler(signal.SIGINT, stop.set)
     relaying = asyncio.create_task(relay.run(), name="outbox-relay")
+    say_started()
     ends: list[asyncio.Task] = [asyncio.create_task(stop.wait(), name="relay-sigterm")]
     if parent is not None:
         ends.append(asyncio.create_task(parent_gone(parent), name="relay-parent"))

@@ -62,6 +62,7 @@ DEFAULTED = {
     "LATCHKEY_OUTBOX_RELAY": "default process: the relay runs in a child of the permissions process, "
                              "in the same container",
     "LATCHKEY_PERMISSIONS_PARENT_PID": "set by the permissions service itself for the relay process it starts",
+    "LATCHKEY_PERMISSIONS_RELAY_STARTED_FD": "set by the permissions service itself for the relay process it starts",
     "LATCHKEY_PERMISSIONS_DB_POOL_SIZE": "tuning; default 20",
     "LATCHKEY_ACCESS_CACHE_TTL_SECONDS": "default 300 s",
     "LATCHKEY_ACCESS_NEGATIVE_TTL_SECONDS": "default 30 s",
