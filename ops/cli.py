@@ -202,9 +202,11 @@ def _service_commands() -> None:
     """Each service's own command group (`services/<svc>/cli.py`), composed here above the services."""
     from services.access import cli as access
     from services.audit import cli as audit
+    from services.permissions import cli as permissions
 
     app.add_typer(access.app, name="access")
     app.add_typer(audit.app, name="audit")
+    app.add_typer(permissions.app, name="permissions")
 
 
 def main() -> None:
