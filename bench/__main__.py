@@ -1,8 +1,8 @@
 """`make bench`: every service's benchmark on one private local stack.
 
 Each `bench/<area>_bench.py` exposes `async def run(...) -> dict` of rows
-`{name: {metric: value}}`. This runner starts the stack and a PKI, runs each
-module, prints one table per area and writes everything to
+`{name: {metric: value}}` (or `{section: rows}`: a table per section). This runner
+starts the stack and a PKI, runs each module, prints its tables and writes everything to
 bench-results/bench-<timestamp>.json. Figures are to be quoted as ratios
 against the echo floor measured in the same run. `python -m bench access --tracing`
 adds Unlock's rows with tracing off and on.

@@ -255,7 +255,8 @@ class WriteBench:
             if outcomes.errors["UNIMPLEMENTED"]:
                 rows[name] = not_measured("BatchGrantAccess is UNIMPLEMENTED in the measured tree")
             elif not outcomes.accepted:
-                rows[name] = not_measured(f"every call failed: {failed}")
+                code = next(iter(outcomes.first_detail))
+                rows[name] = not_measured(f"every call failed: {failed} ({outcomes.first_detail[code][:100]})")
             else:
                 wall = sum(outcomes.accepted)  # calls one after another: their time is the wall time
                 row = outcomes.row(wall)
@@ -287,7 +288,10 @@ class WriteBench:
             return not_measured(f"timed out after {IMPORT_TIMEOUT_S:.0f} s (killed)")
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
-            last = (err.decode(errors="replace").strip().splitlines() or [""])[-1][:80]
+            text = err.decode(errors="replace")
+            if "UNIMPLEMENTED" in text:
+                return not_measured("the batch RPCs the import calls are UNIMPLEMENTED in the measured tree")
+            last = (text.strip().splitlines() or [""])[-1][-160:]
             return not_measured(f"failed (exit {proc.returncode}): {last}")
         created = json.loads(out.decode().strip().splitlines()[-1]).get("users_created")
         if created != IMPORT_USERS:  # a figure for users that were not made would be a fake one

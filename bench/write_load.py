@@ -30,6 +30,8 @@ class Outcomes:
     """Seconds, per RESOURCE_EXHAUSTED answer."""
     errors: Counter = field(default_factory=Counter)
     """Every failure by status code name, refusals included."""
+    first_detail: dict[str, str] = field(default_factory=dict)
+    """Status code name -> the details of its first failure."""
 
     async def attempt(self, write: Write, record: bool = True) -> object | None:
         """Run one write; its answer, or None when it failed. `record=False`: a warm-up write."""
@@ -41,6 +43,7 @@ class Outcomes:
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     self.refused.append(time.perf_counter() - t0)
                 self.errors[exc.code().name] += 1
+                self.first_detail.setdefault(exc.code().name, exc.details() or "")
             return None
         if record:
             self.accepted.append(time.perf_counter() - t0)
