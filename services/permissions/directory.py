@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from latchkey.events.v1 import events_pb2 as ev
@@ -23,6 +24,16 @@ from services.permissions.service import (
     schedule_event,
     user_event,
 )
+from services.permissions.validation import SINGLE, Items, distinct_ids
+
+
+@dataclass(frozen=True, slots=True)
+class NewUser:
+    display_name: str
+    email: str
+    external_id: str
+    """'' for none."""
+
 
 ACCESS_FIELDS = ("time_zone", "lockdown", "max_view_staleness_ms")
 """Door fields that change who may open it: a change to one republishes the door's pairs."""
@@ -33,12 +44,30 @@ class Directory(UseCases):
     async def create_user(self, display_name: str, email: str, external_id: str,
                           idempotent: Idempotent | None = None) -> Written[User] | Replayed:
         async def work(uow: UnitOfWork) -> User:
-            if external_id and await uow.store.external_id_taken(external_id):
-                raise AlreadyExists(f"a user with external_id {external_id!r} already exists")
-            user = await uow.store.insert_user(self.new_id(), display_name, email, external_id, self.now())
-            uow.emit(user_event(user), f"user/{user.user_id}")
-            return user
+            return (await self._insert_users(uow, [NewUser(display_name, email, external_id)], SINGLE))[0]
         return await self._write(work, idempotent)
+
+    async def create_users(self, new: list[NewUser],
+                           idempotent: Idempotent | None = None) -> Written[list[User]] | Replayed:
+        """All or nothing, one revision; errors name the item (`requests[i]`)."""
+        async def work(uow: UnitOfWork) -> list[User]:
+            return await self._insert_users(uow, new, Items("requests"))
+        return await self._write(work, idempotent)
+
+    async def _insert_users(self, uow: UnitOfWork, new: list[NewUser], names: Items) -> list[User]:
+        wanted = [n.external_id for n in new if n.external_id]
+        taken = await uow.store.taken_external_ids(wanted) if wanted else set()
+        for i, n in enumerate(new):
+            # Taken before, or by an earlier item of this batch.
+            if n.external_id and n.external_id in taken:
+                raise AlreadyExists(names.says(i, f"a user with external_id {n.external_id!r} already exists"))
+            taken.add(n.external_id)
+        at = self.now()
+        users = await uow.store.insert_users([User(self.new_id(), n.display_name, n.email, n.external_id, False, at,
+                                                   at) for n in new])
+        for user in users:
+            uow.emit(user_event(user), f"user/{user.user_id}")
+        return users
 
     async def get_user(self, user_id: str) -> User:
         return need(await self._read(lambda s: s.get_user(user_id)), "user_id", user_id)
@@ -179,20 +208,39 @@ class Directory(UseCases):
     async def set_member(self, group_id: str, user_id: str, member: bool) -> Written[None]:
         """Adding a member twice changes nothing; removing a non-member is NOT_FOUND."""
         async def work(uow: UnitOfWork) -> None:
-            store = uow.store
-            need(await store.get_group(group_id, lock=True), "group_id", group_id)
-            need(await store.get_user(user_id), "user_id", user_id)
-            if member:
-                changed = await store.add_member(group_id, user_id)
-            else:
-                changed = await store.remove_member(group_id, user_id)
-                if not changed:
-                    raise NotFound(f"user {user_id} is not a member of group {group_id}")
-            if changed:
-                uow.emit(ev.GroupMembershipChanged(group_id=group_id, user_id=user_id, member=member),
-                         f"membership/{group_id}/{user_id}")
-                await effective.publish_pairs(uow, await effective.pairs_of_membership(store, group_id, user_id))
+            await self._set_members(uow, group_id, [user_id], member, SINGLE, strict=True)
         return await self._write(work)
+
+    async def set_members(self, group_id: str, user_ids: list[str], member: bool,
+                          idempotent: Idempotent | None = None) -> Written[None] | Replayed:
+        """All or nothing, one revision; errors name the item (`user_ids[i]`). Adding a member, or removing
+        a non-member, changes nothing for that user."""
+        distinct_ids(user_ids, "user_ids")
+
+        async def work(uow: UnitOfWork) -> None:
+            await self._set_members(uow, group_id, user_ids, member, Items("user_ids", nested=False), strict=False)
+        return await self._write(work, idempotent)
+
+    async def _set_members(self, uow: UnitOfWork, group_id: str, user_ids: list[str], member: bool, names: Items,
+                           *, strict: bool) -> None:
+        """`strict`: removing a non-member is NOT_FOUND (the single RPC) rather than no change."""
+        store = uow.store
+        need(await store.get_group(group_id, lock=True), "group_id", group_id)
+        existing = await store.existing_users(user_ids)
+        for i, user_id in enumerate(user_ids):
+            if user_id not in existing:
+                raise NotFound(f"{names.field(i, 'user_id')} {user_id} not found")
+        if member:
+            changed = await store.add_members(group_id, user_ids)
+        else:
+            changed = await store.remove_members(group_id, user_ids)
+            if strict and len(changed) < len(user_ids):
+                i, user_id = next((i, u) for i, u in enumerate(user_ids) if u not in changed)
+                raise NotFound(names.says(i, f"user {user_id} is not a member of group {group_id}"))
+        for user_id in changed:
+            uow.emit(ev.GroupMembershipChanged(group_id=group_id, user_id=user_id, member=member),
+                     f"membership/{group_id}/{user_id}")
+        await effective.publish_pairs(uow, await effective.pairs_of_members(store, group_id, changed))
 
     async def list_members(self, group_id: str, size: int, token: str) -> Page[User]:
         async def group_exists(store: PermissionsStore) -> None:

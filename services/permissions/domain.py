@@ -128,11 +128,13 @@ class AccessFacts:
 
 
 class MissingReference(Exception):
-    """A new row names a row that does not exist; `field` is the reference (user_id, door_id, ...)."""
+    """A new row names a row that does not exist; `field` is the reference (user_id, door_id, ...),
+    `index` the row's place among the rows written together."""
 
-    def __init__(self, field: str) -> None:
+    def __init__(self, field: str, index: int = 0) -> None:
         super().__init__(field)
         self.field = field
+        self.index = index
 
 
 def encode_page_token(kind: str, last_key: str) -> str:

@@ -55,11 +55,22 @@ async def publish_pairs(uow: UnitOfWork, pairs: set[Pair]) -> None:
         uow.emit(to_event(door, user, value), f"access/{door}/{user}")
 
 
-async def pairs_of_grant(store: PermissionsStore, grant: Grant) -> set[Pair]:
-    if grant.user_id:
-        return {(grant.door_id, grant.user_id)}
-    return {(grant.door_id, user) for user in await store.members(grant.group_id)}
+async def pairs_of_grants(store: PermissionsStore, grants: list[Grant]) -> set[Pair]:
+    """The pairs the grants touch, all together: a batch publishes each pair once, with the state
+    its whole transaction leaves (one `AccessChanged` per pair and revision)."""
+    pairs = {(g.door_id, g.user_id) for g in grants if g.user_id}
+    doors_of_group: dict[str, set[str]] = {}
+    for g in grants:
+        if g.group_id:
+            doors_of_group.setdefault(g.group_id, set()).add(g.door_id)
+    for group_id, doors in doors_of_group.items():
+        members = await store.members(group_id)
+        pairs |= {(door, user) for door in doors for user in members}
+    return pairs
 
 
-async def pairs_of_membership(store: PermissionsStore, group_id: str, user_id: str) -> set[Pair]:
-    return {(door, user_id) for door in await store.doors_of_group(group_id)}
+async def pairs_of_members(store: PermissionsStore, group_id: str, user_ids: list[str]) -> set[Pair]:
+    if not user_ids:
+        return set()
+    doors = await store.doors_of_group(group_id)
+    return {(door, user) for door in doors for user in user_ids}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from access_rules.rules import Verdict, evaluate
 from latchkit import secret_hash
@@ -19,6 +20,25 @@ from services.permissions.service import (
     grant_event,
     need,
 )
+from services.permissions.validation import SINGLE, Items, distinct_ids
+
+
+@dataclass(frozen=True, slots=True)
+class NewGrant:
+    """A grant to write: to a user or (exclusively) a group; '' for the other and for no schedule."""
+
+    user_id: str
+    group_id: str
+    door_id: str
+    valid_from: dt.datetime | None
+    valid_until: dt.datetime | None
+    schedule_id: str
+
+
+def _check_windows(new: list[NewGrant], names: Items) -> None:
+    for i, n in enumerate(new):
+        if n.valid_from and n.valid_until and n.valid_until <= n.valid_from:
+            raise InvalidArgument(names.field(i, "grant.valid_until"), "must be after valid_from")
 
 
 class Entitlements(UseCases):
@@ -60,23 +80,38 @@ class Entitlements(UseCases):
                     valid_until: dt.datetime | None, schedule_id: str,
                     idempotent: Idempotent | None = None) -> Written[Grant] | Replayed:
         """To a user or (exclusively) a group; '' for the other and for no schedule."""
-        if valid_from and valid_until and valid_until <= valid_from:
-            raise InvalidArgument("grant.valid_until", "must be after valid_from")
+        new = [NewGrant(user_id, group_id, door_id, valid_from, valid_until, schedule_id)]
+        _check_windows(new, SINGLE)
 
         async def work(uow: UnitOfWork) -> Grant:
-            # The store checks that the user (or group), door and schedule exist with the
-            # insert itself: no lookups first, fewer round trips under the revision lock.
-            try:
-                grant = await uow.store.insert_grant(self.new_id(), user_id, group_id, door_id, valid_from,
-                                                     valid_until, schedule_id, self.now())
-            except MissingReference as exc:
-                value = {"user_id": user_id, "group_id": group_id, "door_id": door_id,
-                         "schedule_id": schedule_id}[exc.field]
-                raise NotFound(f"grant.{exc.field} {value} not found") from None
-            uow.emit(grant_event(grant), f"grant/{grant.grant_id}")
-            await effective.publish_pairs(uow, await effective.pairs_of_grant(uow.store, grant))
-            return grant
+            return (await self._insert_grants(uow, new, SINGLE))[0]
         return await self._write(work, idempotent)
+
+    async def grant_many(self, new: list[NewGrant],
+                         idempotent: Idempotent | None = None) -> Written[list[Grant]] | Replayed:
+        """All or nothing, one revision; errors name the item (`requests[i]`)."""
+        names = Items("requests")
+        _check_windows(new, names)
+
+        async def work(uow: UnitOfWork) -> list[Grant]:
+            return await self._insert_grants(uow, new, names)
+        return await self._write(work, idempotent)
+
+    async def _insert_grants(self, uow: UnitOfWork, new: list[NewGrant], names: Items) -> list[Grant]:
+        at = self.now()
+        rows = [Grant(self.new_id(), n.user_id, n.group_id, n.door_id, n.valid_from, n.valid_until, n.schedule_id,
+                      False, at, None) for n in new]
+        # The store checks that the users (or groups), doors and schedules exist with the
+        # insert itself: no lookups first, fewer round trips under the revision lock.
+        try:
+            grants = await uow.store.insert_grants(rows)
+        except MissingReference as exc:
+            value = getattr(new[exc.index], exc.field)
+            raise NotFound(f"{names.field(exc.index, 'grant.' + exc.field)} {value} not found") from None
+        for grant in grants:
+            uow.emit(grant_event(grant), f"grant/{grant.grant_id}")
+        await effective.publish_pairs(uow, await effective.pairs_of_grants(uow.store, grants))
+        return grants
 
     async def get_grant(self, grant_id: str) -> Grant:
         return need(await self._read(lambda s: s.get_grant(grant_id)), "grant_id", grant_id)
@@ -90,14 +125,29 @@ class Entitlements(UseCases):
     async def revoke(self, grant_id: str) -> Written[Grant]:
         """Revoking an already revoked grant is FAILED_PRECONDITION."""
         async def work(uow: UnitOfWork) -> Grant:
-            grant = await uow.store.revoke_grant(grant_id, self.now())
-            if grant is None:
-                need(await uow.store.get_grant(grant_id), "grant_id", grant_id)
-                raise FailedPrecondition(f"grant {grant_id} is already revoked")
-            uow.emit(grant_event(grant), f"grant/{grant_id}")
-            await effective.publish_pairs(uow, await effective.pairs_of_grant(uow.store, grant))
-            return grant
+            return (await self._revoke_grants(uow, [grant_id], SINGLE))[0]
         return await self._write(work)
+
+    async def revoke_many(self, grant_ids: list[str],
+                          idempotent: Idempotent | None = None) -> Written[list[Grant]] | Replayed:
+        """All or nothing, one revision; errors name the item (`grant_ids[i]`)."""
+        distinct_ids(grant_ids, "grant_ids")
+
+        async def work(uow: UnitOfWork) -> list[Grant]:
+            return await self._revoke_grants(uow, grant_ids, Items("grant_ids", nested=False))
+        return await self._write(work, idempotent)
+
+    async def _revoke_grants(self, uow: UnitOfWork, grant_ids: list[str], names: Items) -> list[Grant]:
+        grants = await uow.store.revoke_grants(grant_ids, self.now())
+        if len(grants) < len(grant_ids):
+            revoked = {g.grant_id for g in grants}
+            i, grant_id = next((i, g) for i, g in enumerate(grant_ids) if g not in revoked)
+            need(await uow.store.get_grant(grant_id), names.field(i, "grant_id"), grant_id)
+            raise FailedPrecondition(names.says(i, f"grant {grant_id} is already revoked"))
+        for grant in grants:
+            uow.emit(grant_event(grant), f"grant/{grant.grant_id}")
+        await effective.publish_pairs(uow, await effective.pairs_of_grants(uow.store, grants))
+        return grants
 
     # ---- explain ---------------------------------------------------------------
     async def explain(self, user_id: str, door_id: str, at: dt.datetime) -> tuple[Verdict, int]:

@@ -8,7 +8,7 @@ transactions here: the use cases own their units of work.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
@@ -21,9 +21,9 @@ from latchkit import timestamps
 from latchkit.errors import InvalidArgument, handles_errors
 from latchkit.identity import actor
 from services.permissions import validation
-from services.permissions.directory import Directory
+from services.permissions.directory import Directory, NewUser
 from services.permissions.domain import Credential, Door, Grant, Group, Schedule, User
-from services.permissions.entitlements import Entitlements
+from services.permissions.entitlements import Entitlements, NewGrant
 from services.permissions.service import Idempotent, Replayed, Written
 from services.permissions.snapshot import AccessSnapshot
 
@@ -110,6 +110,39 @@ def mask_paths(request, allowed: tuple[str, ...]) -> tuple[str, ...]:
     return paths
 
 
+def new_user(u: pm.User, prefix: str = "") -> NewUser:
+    """CreateUser's fields; `prefix` names the item of a batch (`requests[3].`)."""
+    return NewUser(validation.text(u.display_name, f"{prefix}user.display_name", max_len=200, required=True),
+                   validation.text(u.email, f"{prefix}user.email", max_len=320, required=False),
+                   validation.text(u.external_id, f"{prefix}user.external_id", max_len=200, required=False))
+
+
+def new_grant(g: pm.Grant, prefix: str = "") -> NewGrant:
+    """GrantAccess's fields; `prefix` names the item of a batch (`requests[3].`)."""
+    subject = g.WhichOneof("subject")
+    if subject is None:
+        raise InvalidArgument(f"{prefix}grant.user_id", "a grant needs a user_id or a group_id")
+    user_id = validation.uuid_str(g.user_id, f"{prefix}grant.user_id") if subject == "user_id" else ""
+    group_id = validation.uuid_str(g.group_id, f"{prefix}grant.group_id") if subject == "group_id" else ""
+    door_id = validation.uuid_str(g.door_id, f"{prefix}grant.door_id")
+    schedule_id = validation.uuid_str(g.schedule_id, f"{prefix}grant.schedule_id", required=False)
+    valid_from = timestamp_in(g, "valid_from", f"{prefix}grant.valid_from")
+    valid_until = timestamp_in(g, "valid_until", f"{prefix}grant.valid_until")
+    if valid_from and valid_until and valid_until <= valid_from:
+        raise InvalidArgument(f"{prefix}grant.valid_until", "must be after valid_from")
+    return NewGrant(user_id, group_id, door_id, valid_from, valid_until, schedule_id)
+
+
+def batch_items(items: Sequence[T]) -> Iterator[tuple[str, T]]:
+    """A batch's items with the prefix that names each (`requests[3].`): 1 to 1,000 of them, none with a
+    request_id of its own (the batch's request_id covers them all)."""
+    validation.batch_size(items, "requests")
+    for i, item in enumerate(items):
+        prefix = f"requests[{i}]."
+        validation.item_request_id(cast(Any, item).request_id, f"{prefix}request_id")
+        yield prefix, item
+
+
 def respond(outcome: Written[T] | Replayed, build: Callable[[T, int], R], response_type: type[R]) -> R:
     """The response of a write: built from the use case's result, or a retry's stored answer."""
     if isinstance(outcome, Replayed):
@@ -136,15 +169,23 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
     # ---- users -----------------------------------------------------------------
     @handles_errors
     async def CreateUser(self, request: pm.CreateUserRequest, context: Context) -> pm.CreateUserResponse:
-        u = request.user
-        name = validation.text(u.display_name, "user.display_name", max_len=200, required=True)
-        email = validation.text(u.email, "user.email", max_len=320, required=False)
-        ext = validation.text(u.external_id, "user.external_id", max_len=200, required=False)
+        new = new_user(request.user)
 
         def build(row: User, revision: int) -> pm.CreateUserResponse:
             return pm.CreateUserResponse(user=user_pb(row), revision=revision)
-        outcome = await self.directory.create_user(name, email, ext, idempotent("CreateUser", request, build))
+        outcome = await self.directory.create_user(new.display_name, new.email, new.external_id,
+                                                   idempotent("CreateUser", request, build))
         return respond(outcome, build, pm.CreateUserResponse)
+
+    @handles_errors
+    async def BatchCreateUsers(self, request: pm.BatchCreateUsersRequest,
+                               context: Context) -> pm.BatchCreateUsersResponse:
+        new = [new_user(item.user, prefix) for prefix, item in batch_items(request.requests)]
+
+        def build(rows: list[User], revision: int) -> pm.BatchCreateUsersResponse:
+            return pm.BatchCreateUsersResponse(users=[user_pb(r) for r in rows], revision=revision)
+        outcome = await self.directory.create_users(new, idempotent("BatchCreateUsers", request, build))
+        return respond(outcome, build, pm.BatchCreateUsersResponse)
 
     @handles_errors
     async def GetUser(self, request: pm.GetUserRequest, context: Context) -> pm.GetUserResponse:
@@ -281,6 +322,28 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
         user_id = validation.uuid_str(request.user_id, "user_id")
         return (await self.directory.set_member(group_id, user_id, member)).revision
 
+    async def _members(self, request: pm.BatchAddGroupMembersRequest | pm.BatchRemoveGroupMembersRequest,
+                       member: bool, method: str) -> Written[None] | Replayed:
+        group_id = validation.uuid_str(request.group_id, "group_id")
+        user_ids = validation.distinct_ids(request.user_ids, "user_ids")
+        response = pm.BatchAddGroupMembersResponse if member else pm.BatchRemoveGroupMembersResponse
+        return await self.directory.set_members(group_id, user_ids, member, idempotent(
+            method, request, lambda _, revision: response(revision=revision)))
+
+    @handles_errors
+    async def BatchAddGroupMembers(self, request: pm.BatchAddGroupMembersRequest,
+                                   context: Context) -> pm.BatchAddGroupMembersResponse:
+        outcome = await self._members(request, True, "BatchAddGroupMembers")
+        return respond(outcome, lambda _, revision: pm.BatchAddGroupMembersResponse(revision=revision),
+                       pm.BatchAddGroupMembersResponse)
+
+    @handles_errors
+    async def BatchRemoveGroupMembers(self, request: pm.BatchRemoveGroupMembersRequest,
+                                      context: Context) -> pm.BatchRemoveGroupMembersResponse:
+        outcome = await self._members(request, False, "BatchRemoveGroupMembers")
+        return respond(outcome, lambda _, revision: pm.BatchRemoveGroupMembersResponse(revision=revision),
+                       pm.BatchRemoveGroupMembersResponse)
+
     @handles_errors
     async def AddGroupMember(self, request: pm.AddGroupMemberRequest, context: Context) -> pm.AddGroupMemberResponse:
         return pm.AddGroupMemberResponse(revision=await self._member(request, True))
@@ -375,24 +438,24 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
     # ---- grants ----------------------------------------------------------------
     @handles_errors
     async def GrantAccess(self, request: pm.GrantAccessRequest, context: Context) -> pm.GrantAccessResponse:
-        g = request.grant
-        subject = g.WhichOneof("subject")
-        if subject is None:
-            raise InvalidArgument("grant.user_id", "a grant needs a user_id or a group_id")
-        user_id = validation.uuid_str(g.user_id, "grant.user_id") if subject == "user_id" else ""
-        group_id = validation.uuid_str(g.group_id, "grant.group_id") if subject == "group_id" else ""
-        door_id = validation.uuid_str(g.door_id, "grant.door_id")
-        schedule_id = validation.uuid_str(g.schedule_id, "grant.schedule_id", required=False)
-        valid_from = timestamp_in(g, "valid_from", "grant.valid_from")
-        valid_until = timestamp_in(g, "valid_until", "grant.valid_until")
-        if valid_from and valid_until and valid_until <= valid_from:
-            raise InvalidArgument("grant.valid_until", "must be after valid_from")
+        new = new_grant(request.grant)
 
         def build(row: Grant, revision: int) -> pm.GrantAccessResponse:
             return pm.GrantAccessResponse(grant=grant_pb(row), revision=revision)
-        outcome = await self.entitlements.grant(user_id, group_id, door_id, valid_from, valid_until, schedule_id,
+        outcome = await self.entitlements.grant(new.user_id, new.group_id, new.door_id, new.valid_from,
+                                                new.valid_until, new.schedule_id,
                                                 idempotent("GrantAccess", request, build))
         return respond(outcome, build, pm.GrantAccessResponse)
+
+    @handles_errors
+    async def BatchGrantAccess(self, request: pm.BatchGrantAccessRequest,
+                               context: Context) -> pm.BatchGrantAccessResponse:
+        new = [new_grant(item.grant, prefix) for prefix, item in batch_items(request.requests)]
+
+        def build(rows: list[Grant], revision: int) -> pm.BatchGrantAccessResponse:
+            return pm.BatchGrantAccessResponse(grants=[grant_pb(r) for r in rows], revision=revision)
+        outcome = await self.entitlements.grant_many(new, idempotent("BatchGrantAccess", request, build))
+        return respond(outcome, build, pm.BatchGrantAccessResponse)
 
     @handles_errors
     async def GetGrant(self, request: pm.GetGrantRequest, context: Context) -> pm.GetGrantResponse:
@@ -413,6 +476,16 @@ class PermissionsServicer(permissions_pb2_grpc.PermissionsServiceServicer):
         grant_id = validation.uuid_str(request.grant_id, "grant_id")
         written = await self.entitlements.revoke(grant_id)
         return pm.RevokeAccessResponse(grant=grant_pb(written.value), revision=written.revision)
+
+    @handles_errors
+    async def BatchRevokeAccess(self, request: pm.BatchRevokeAccessRequest,
+                                context: Context) -> pm.BatchRevokeAccessResponse:
+        grant_ids = validation.distinct_ids(request.grant_ids, "grant_ids")
+
+        def build(rows: list[Grant], revision: int) -> pm.BatchRevokeAccessResponse:
+            return pm.BatchRevokeAccessResponse(grants=[grant_pb(r) for r in rows], revision=revision)
+        outcome = await self.entitlements.revoke_many(grant_ids, idempotent("BatchRevokeAccess", request, build))
+        return respond(outcome, build, pm.BatchRevokeAccessResponse)
 
     # ---- explain ---------------------------------------------------------------
     @handles_errors

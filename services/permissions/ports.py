@@ -41,8 +41,12 @@ class PermissionsStore(Protocol):
     # users
     async def get_user(self, user_id: str, *, lock: bool = False) -> User | None: ...
     async def external_id_taken(self, external_id: str, *, other_than: str = "") -> bool: ...
-    async def insert_user(self, user_id: str, display_name: str, email: str, external_id: str,
-                          at: dt.datetime) -> User: ...
+    async def taken_external_ids(self, external_ids: list[str]) -> set[str]:
+        """Those of `external_ids` a user already has."""
+    async def insert_users(self, users: list[User]) -> list[User]:
+        """All of `users` (new: not suspended, their external_ids free and distinct), in order, as stored."""
+    async def existing_users(self, user_ids: list[str]) -> set[str]:
+        """Those of `user_ids` that exist."""
     async def update_user(self, user_id: str, changes: dict[str, Any], at: dt.datetime) -> User:
         """`changes`: display_name, email, external_id ('' clears it), suspended."""
     async def delete_user(self, user_id: str) -> None:
@@ -67,10 +71,10 @@ class PermissionsStore(Protocol):
     async def delete_group(self, group_id: str) -> None:
         """Also deletes the group's grants and memberships."""
     async def list_groups(self, after: str, limit: int) -> list[Group]: ...
-    async def add_member(self, group_id: str, user_id: str) -> bool:
-        """False if the user already was a member."""
-    async def remove_member(self, group_id: str, user_id: str) -> bool:
-        """False if the user was not a member."""
+    async def add_members(self, group_id: str, user_ids: list[str]) -> list[str]:
+        """Adds the (existing) users; returns those that were not members yet, in the order given."""
+    async def remove_members(self, group_id: str, user_ids: list[str]) -> list[str]:
+        """Removes the users; returns those that were members, in the order given."""
     async def members(self, group_id: str) -> list[str]: ...
     async def list_members(self, group_id: str, after: str, limit: int) -> list[User]: ...
 
@@ -98,12 +102,13 @@ class PermissionsStore(Protocol):
 
     # grants
     async def get_grant(self, grant_id: str) -> Grant | None: ...
-    async def insert_grant(self, grant_id: str, user_id: str, group_id: str, door_id: str,
-                           valid_from: dt.datetime | None, valid_until: dt.datetime | None, schedule_id: str,
-                           at: dt.datetime) -> Grant:
-        """The references are checked here (MissingReference names the first one missing)."""
-    async def revoke_grant(self, grant_id: str, at: dt.datetime) -> Grant | None:
-        """None if there is no active grant with that id (unknown or already revoked)."""
+    async def insert_grants(self, grants: list[Grant]) -> list[Grant]:
+        """All of `grants` (new, not revoked), in order, as stored. The references are checked here, with
+        the insert: if one is missing nothing is inserted and `MissingReference` names the first grant
+        (`index`) and its first missing reference (`field`: user_id, group_id, door_id, schedule_id)."""
+    async def revoke_grants(self, grant_ids: list[str], at: dt.datetime) -> list[Grant]:
+        """Revokes the active grants among the (distinct) ids; returns them as stored, in the order given.
+        Unknown and already revoked ids are left out."""
     async def active_grants(self, *, user_id: str = "", door_id: str = "", group_id: str = "") -> list[Grant]:
         """The active grants naming that user (directly), door or group: exactly one is given."""
     async def list_grants(self, after: str, limit: int, *, user_id: str = "", group_id: str = "",

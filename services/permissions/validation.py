@@ -10,6 +10,7 @@ import functools
 import uuid
 import zoneinfo
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from google.protobuf.duration_pb2 import Duration
 from latchkey.events.v1 import events_pb2 as ev
@@ -20,6 +21,7 @@ from latchkit.errors import InvalidArgument
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 MAX_REQUEST_ID = 64
+MAX_BATCH = 1000
 
 
 def uuid_str(value: str, field: str, *, required: bool = True) -> str:
@@ -126,3 +128,54 @@ def credential_secret(kind: int, secret: str) -> str:
         # Never echo the secret.
         raise InvalidArgument("secret", rule)
     return secret
+
+
+# ---- batches -----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Items:
+    """How errors name the items of a write: as the single RPC does, or by index in a batch.
+
+    `Items()` is a single call: fields and messages as they always were. `Items("requests")`
+    names `requests[3].grant.door_id`; `Items("grant_ids", nested=False)` names the item itself
+    (`grant_ids[2]` for what a single call calls `grant_id`).
+    """
+
+    batch: str = ""
+    nested: bool = True
+
+    def field(self, index: int, name: str) -> str:
+        if not self.batch:
+            return name
+        return f"{self.batch}[{index}].{name}" if self.nested else f"{self.batch}[{index}]"
+
+    def says(self, index: int, message: str) -> str:
+        return f"{self.batch}[{index}]: {message}" if self.batch else message
+
+
+SINGLE = Items()
+
+
+def batch_size(items: Sequence[object], field: str) -> None:
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise InvalidArgument(field, f"a batch takes 1 to {MAX_BATCH} items (got {len(items)})")
+
+
+def item_request_id(value: str, field: str) -> None:
+    """An item of a batch has no request_id of its own: the batch's request_id covers it."""
+    if value:
+        raise InvalidArgument(field, "must be empty in a batch (set the batch's request_id instead)")
+
+
+def distinct_ids(values: Sequence[str], field: str) -> list[str]:
+    """1 to MAX_BATCH UUIDs, each once: `field[i]` names the bad (or the repeated) one."""
+    batch_size(values, field)
+    seen: dict[str, int] = {}
+    result = []
+    for i, value in enumerate(values):
+        value = uuid_str(value, f"{field}[{i}]")
+        if value in seen:
+            raise InvalidArgument(f"{field}[{i}]", f"repeats {field}[{seen[value]}]")
+        seen[value] = i
+        result.append(value)
+    return result

@@ -65,9 +65,17 @@ class FakeStore:
     async def external_id_taken(self, external_id: str, *, other_than: str = "") -> bool:
         return any(u.external_id == external_id and u.user_id != other_than for u in self.s.users.values())
 
-    async def insert_user(self, user_id, display_name, email, external_id, at) -> User:
-        self.s.users[user_id] = User(user_id, display_name, email, external_id, False, at, at)
-        return self.s.users[user_id]
+    async def taken_external_ids(self, external_ids: list[str]) -> set[str]:
+        return {u.external_id for u in self.s.users.values() if u.external_id and u.external_id in external_ids}
+
+    async def insert_users(self, users: list[User]) -> list[User]:
+        for u in users:
+            assert u.user_id not in self.s.users and not await self.taken_external_ids([u.external_id])
+            self.s.users[u.user_id] = u
+        return list(users)
+
+    async def existing_users(self, user_ids: list[str]) -> set[str]:
+        return {u for u in user_ids if u in self.s.users}
 
     async def update_user(self, user_id: str, changes: dict[str, Any], at: dt.datetime) -> User:
         self.s.users[user_id] = dataclasses.replace(self.s.users[user_id], **changes, update_time=at)
@@ -124,17 +132,15 @@ class FakeStore:
     async def list_groups(self, after: str, limit: int) -> list[Group]:
         return _page(self.s.groups, after, limit)
 
-    async def add_member(self, group_id: str, user_id: str) -> bool:
-        if (group_id, user_id) in self.s.members:
-            return False
-        self.s.members.add((group_id, user_id))
-        return True
+    async def add_members(self, group_id: str, user_ids: list[str]) -> list[str]:
+        added = [u for u in user_ids if (group_id, u) not in self.s.members]
+        self.s.members |= {(group_id, u) for u in added}
+        return added
 
-    async def remove_member(self, group_id: str, user_id: str) -> bool:
-        if (group_id, user_id) not in self.s.members:
-            return False
-        self.s.members.discard((group_id, user_id))
-        return True
+    async def remove_members(self, group_id: str, user_ids: list[str]) -> list[str]:
+        removed = [u for u in user_ids if (group_id, u) in self.s.members]
+        self.s.members -= {(group_id, u) for u in removed}
+        return removed
 
     async def members(self, group_id: str) -> list[str]:
         return sorted(u for g, u in self.s.members if g == group_id)
@@ -199,23 +205,24 @@ class FakeStore:
     async def get_grant(self, grant_id: str) -> Grant | None:
         return self.s.grants.get(grant_id)
 
-    async def insert_grant(self, grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id,
-                           at) -> Grant:
-        for name, value, table in (("user_id", user_id, self.s.users), ("group_id", group_id, self.s.groups),
-                                   ("door_id", door_id, self.s.doors),
-                                   ("schedule_id", schedule_id, self.s.schedules)):
-            if value and value not in table:
-                raise MissingReference(name)
-        grant = Grant(grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id, False, at, None)
-        self.s.grants[grant_id] = grant
-        return grant
+    async def insert_grants(self, grants: list[Grant]) -> list[Grant]:
+        for index, g in enumerate(grants):
+            for name, value, table in (("user_id", g.user_id, self.s.users), ("group_id", g.group_id, self.s.groups),
+                                       ("door_id", g.door_id, self.s.doors),
+                                       ("schedule_id", g.schedule_id, self.s.schedules)):
+                if value and value not in table:
+                    raise MissingReference(name, index)
+        self.s.grants.update({g.grant_id: g for g in grants})
+        return list(grants)
 
-    async def revoke_grant(self, grant_id: str, at: dt.datetime) -> Grant | None:
-        g = self.s.grants.get(grant_id)
-        if g is None or g.revoked:
-            return None
-        self.s.grants[grant_id] = dataclasses.replace(g, revoked=True, revoke_time=at)
-        return self.s.grants[grant_id]
+    async def revoke_grants(self, grant_ids: list[str], at: dt.datetime) -> list[Grant]:
+        revoked = []
+        for grant_id in grant_ids:
+            g = self.s.grants.get(grant_id)
+            if g is not None and not g.revoked:
+                self.s.grants[grant_id] = dataclasses.replace(g, revoked=True, revoke_time=at)
+                revoked.append(self.s.grants[grant_id])
+        return revoked
 
     async def active_grants(self, *, user_id: str = "", door_id: str = "", group_id: str = "") -> list[Grant]:
         return [g for g in self.s.grants.values() if not g.revoked and (

@@ -42,10 +42,6 @@ CRED_COLS = ("credential_id::text AS credential_id, user_id::text AS user_id, ki
 GRANT_COLS = ("grant_id::text AS grant_id, coalesce(user_id::text, '') AS user_id, "
               "coalesce(group_id::text, '') AS group_id, door_id::text AS door_id, valid_from, valid_until, "
               "coalesce(schedule_id::text, '') AS schedule_id, revoked, create_time, revoke_time")
-GRANT_REFERENCES = {  # foreign key -> the reference it checks
-    "grants_user_id_fkey": "user_id", "grants_group_id_fkey": "group_id",
-    "grants_door_id_fkey": "door_id", "grants_schedule_id_fkey": "schedule_id",
-}
 AFTER = "(:after = '' OR {key} > CAST(NULLIF(:after, '') AS uuid))"
 
 # The rules of the pairs (direct and through groups) and the state of their users
@@ -69,6 +65,47 @@ UNION ALL
 SELECT 'd', '', door_id::text, '', '', NULL, NULL, '', lockdown, time_zone, max_view_staleness_ms
   FROM doors WHERE door_id = ANY(CAST(:doors AS uuid[]))
 """
+
+
+# New grants, given as parallel arrays (one statement for a whole batch). Their references are
+# checked in the same statement, through the primary keys: if any is missing, no row is inserted
+# (and FIRST_MISSING_REFERENCE then names it); the foreign keys stay the last word.
+GRANT_INPUT = """
+input AS (
+  SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:users AS uuid[]), CAST(:groups AS uuid[]),
+                       CAST(:doors AS uuid[]), CAST(:vf AS timestamptz[]), CAST(:vu AS timestamptz[]),
+                       CAST(:schedules AS uuid[]), CAST(:ts AS timestamptz[]))
+         WITH ORDINALITY AS t(grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id, t, i)
+), checked AS (
+  SELECT input.*,
+         CASE WHEN user_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = input.user_id)
+                   THEN 'user_id'
+              WHEN group_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM groups g WHERE g.group_id = input.group_id)
+                   THEN 'group_id'
+              WHEN NOT EXISTS (SELECT 1 FROM doors d WHERE d.door_id = input.door_id) THEN 'door_id'
+              WHEN schedule_id IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM schedules s WHERE s.schedule_id = input.schedule_id)
+                   THEN 'schedule_id'
+         END AS missing
+    FROM input
+)"""
+INSERT_GRANTS = f"""
+WITH {GRANT_INPUT}
+INSERT INTO grants (grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id, create_time)
+SELECT grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id, t
+  FROM checked WHERE NOT EXISTS (SELECT 1 FROM checked WHERE missing IS NOT NULL)
+RETURNING {GRANT_COLS}
+"""
+FIRST_MISSING_REFERENCE = f"""
+WITH {GRANT_INPUT}
+SELECT i, missing AS field FROM checked WHERE missing IS NOT NULL ORDER BY i LIMIT 1
+"""
+
+
+def _in_order(wanted: list, rows: list[dict], key: str, make):
+    """RETURNING rows in the order of the list that was written (PostgreSQL promises no order)."""
+    by_key = {r[key]: r for r in rows}
+    return [make(**by_key[getattr(w, key)]) for w in wanted]
 
 
 class ForeignKeyViolation(FailedPrecondition):
@@ -118,12 +155,29 @@ class PostgresPermissionsStore:
         return bool(await self.uow.row("SELECT 1 FROM users WHERE external_id = :e AND user_id::text <> :u",
                                        e=external_id, u=other_than))
 
-    async def insert_user(self, user_id: str, display_name: str, email: str, external_id: str,
-                          at: dt.datetime) -> User:
-        return User(**await self.uow.row_required(
+    async def taken_external_ids(self, external_ids: list[str]) -> set[str]:
+        wanted = [x for x in external_ids if x]
+        if not wanted:
+            return set()
+        rows = await self.uow.rows("SELECT external_id AS x FROM users WHERE external_id = ANY(CAST(:xs AS text[]))",
+                                   xs=wanted)
+        return {r["x"] for r in rows}
+
+    async def insert_users(self, users: list[User]) -> list[User]:
+        # One statement for the whole list: a batch of 1,000 costs one round trip under the lock.
+        rows = await self.uow.rows(
             "INSERT INTO users (user_id, display_name, email, external_id, create_time, update_time) "
-            f"VALUES (CAST(:id AS uuid), :n, :e, NULLIF(:x, ''), :t, :t) RETURNING {USER_COLS}",
-            id=user_id, n=display_name, e=email, x=external_id, t=at))
+            "SELECT id, n, e, NULLIF(x, ''), t, t FROM unnest(CAST(:ids AS uuid[]), CAST(:names AS text[]), "
+            "CAST(:emails AS text[]), CAST(:xs AS text[]), CAST(:ts AS timestamptz[])) AS i(id, n, e, x, t) "
+            f"RETURNING {USER_COLS}",
+            ids=[u.user_id for u in users], names=[u.display_name for u in users], emails=[u.email for u in users],
+            xs=[u.external_id for u in users], ts=[u.create_time for u in users])
+        return _in_order(users, rows, "user_id", User)
+
+    async def existing_users(self, user_ids: list[str]) -> set[str]:
+        rows = await self.uow.rows("SELECT user_id::text AS u FROM users WHERE user_id = ANY(CAST(:ids AS uuid[]))",
+                                   ids=user_ids)
+        return {r["u"] for r in rows}
 
     async def update_user(self, user_id: str, changes: dict[str, Any], at: dt.datetime) -> User:
         return User(**await self._update("users", "user_id", user_id, USER_COLS, changes, at))
@@ -181,15 +235,19 @@ class PostgresPermissionsStore:
     async def list_groups(self, after: str, limit: int) -> list[Group]:
         return [Group(**r) for r in await self._list("groups", "group_id", GROUP_COLS, after, limit)]
 
-    async def add_member(self, group_id: str, user_id: str) -> bool:
-        return bool(await self.uow.execute(
-            "INSERT INTO group_members VALUES (CAST(:g AS uuid), CAST(:u AS uuid)) ON CONFLICT DO NOTHING",
-            g=group_id, u=user_id))
+    async def add_members(self, group_id: str, user_ids: list[str]) -> list[str]:
+        rows = await self.uow.rows(
+            "INSERT INTO group_members SELECT CAST(:g AS uuid), u FROM unnest(CAST(:us AS uuid[])) AS t(u) "
+            "ON CONFLICT DO NOTHING RETURNING user_id::text AS u", g=group_id, us=user_ids)
+        added = {r["u"] for r in rows}
+        return [u for u in user_ids if u in added]
 
-    async def remove_member(self, group_id: str, user_id: str) -> bool:
-        return bool(await self.uow.execute(
-            "DELETE FROM group_members WHERE group_id = CAST(:g AS uuid) AND user_id = CAST(:u AS uuid)",
-            g=group_id, u=user_id))
+    async def remove_members(self, group_id: str, user_ids: list[str]) -> list[str]:
+        rows = await self.uow.rows(
+            "DELETE FROM group_members WHERE group_id = CAST(:g AS uuid) AND user_id = ANY(CAST(:us AS uuid[])) "
+            "RETURNING user_id::text AS u", g=group_id, us=user_ids)
+        removed = {r["u"] for r in rows}
+        return [u for u in user_ids if u in removed]
 
     async def members(self, group_id: str) -> list[str]:
         rows = await self.uow.rows("SELECT user_id::text AS u FROM group_members WHERE group_id = CAST(:g AS uuid)",
@@ -285,28 +343,26 @@ class PostgresPermissionsStore:
         row = await self._get("grants", "grant_id", grant_id, GRANT_COLS, False)
         return Grant(**row) if row else None
 
-    async def insert_grant(self, grant_id: str, user_id: str, group_id: str, door_id: str,
-                           valid_from: dt.datetime | None, valid_until: dt.datetime | None, schedule_id: str,
-                           at: dt.datetime) -> Grant:
-        try:
-            row = await self.uow.row_required(
-                "INSERT INTO grants (grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id, "
-                "create_time) VALUES (CAST(:g AS uuid), CAST(NULLIF(:u, '') AS uuid), "
-                "CAST(NULLIF(:gr, '') AS uuid), CAST(:d AS uuid), :vf, :vu, CAST(NULLIF(:s, '') AS uuid), :t) "
-                f"RETURNING {GRANT_COLS}",
-                g=grant_id, u=user_id, gr=group_id, d=door_id, vf=valid_from, vu=valid_until, s=schedule_id, t=at)
-        except ForeignKeyViolation as exc:
-            field = GRANT_REFERENCES.get(exc.constraint)
-            if field is None:
-                raise
-            raise MissingReference(field) from None
-        return Grant(**row)
+    async def insert_grants(self, grants: list[Grant]) -> list[Grant]:
+        params = {
+            "ids": [g.grant_id for g in grants], "users": [g.user_id or None for g in grants],
+            "groups": [g.group_id or None for g in grants], "doors": [g.door_id for g in grants],
+            "vf": [g.valid_from for g in grants], "vu": [g.valid_until for g in grants],
+            "schedules": [g.schedule_id or None for g in grants], "ts": [g.create_time for g in grants],
+        }
+        rows = await self.uow.rows(INSERT_GRANTS, **params)
+        if len(rows) < len(grants):
+            # Nothing was inserted: a reference is missing. Only now ask which (the error path).
+            first = await self.uow.row_required(FIRST_MISSING_REFERENCE, **params)
+            raise MissingReference(first["field"], first["i"] - 1)
+        return _in_order(grants, rows, "grant_id", Grant)
 
-    async def revoke_grant(self, grant_id: str, at: dt.datetime) -> Grant | None:
-        row = await self.uow.row(f"UPDATE grants SET revoked = true, revoke_time = :t "
-                                 f"WHERE grant_id = CAST(:g AS uuid) AND NOT revoked RETURNING {GRANT_COLS}",
-                                 t=at, g=grant_id)
-        return Grant(**row) if row else None
+    async def revoke_grants(self, grant_ids: list[str], at: dt.datetime) -> list[Grant]:
+        rows = await self.uow.rows(f"UPDATE grants SET revoked = true, revoke_time = :t "
+                                   f"WHERE grant_id = ANY(CAST(:ids AS uuid[])) AND NOT revoked RETURNING {GRANT_COLS}",
+                                   t=at, ids=grant_ids)
+        found = {r["grant_id"]: Grant(**r) for r in rows}
+        return [found[g] for g in grant_ids if g in found]
 
     async def active_grants(self, *, user_id: str = "", door_id: str = "", group_id: str = "") -> list[Grant]:
         column, value = next((c, v) for c, v in (("user_id", user_id), ("door_id", door_id),
