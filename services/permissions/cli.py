@@ -338,8 +338,10 @@ def _stopped(exc, where: str, items: list[tuple[str, str]], written: str) -> Imp
     else:  # ALREADY_EXISTS names the external_id, perhaps without the index
         at = next((", " + label for label, needle in items if needle and needle in details), "")
     retried = " (retried until giving up)" if code.name in RETRIED else ""
-    return ImportStopped(f"{where}{at}: {code.name}{retried}: {details}; {written}; earlier chunks are done "
-                         "and a rerun resumes after them", code)
+    return ImportStopped(f"{where}{at}: {code.name}{retried}: {details}; {written}; a rerun resumes with "
+                         "this chunk", code)
+
+
 def _retry_delay(exc) -> float | None:
     """The server's google.rpc.RetryInfo delay, if its status details carry one."""
     from google.rpc import error_details_pb2, status_pb2
