@@ -24,6 +24,7 @@ measure a growing read.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import subprocess
@@ -128,7 +129,7 @@ class WriteBench:
 
     async def seed(self) -> None:
         """Users and doors made through the service; every (user, door) pair in turn."""
-        queue = asyncio.Queue()
+        queue: asyncio.Queue[int] = asyncio.Queue()
         users: list[str] = []
         doors: list[str] = []
         for i in range(USERS + DOORS):
@@ -248,8 +249,8 @@ class WriteBench:
         for size, calls in BATCHES:
             outcomes = Outcomes()
             for _ in range(calls):
-                request = pm.BatchGrantAccessRequest(requests=[self.grant_request() for _ in range(size)])
-                await outcomes.attempt(lambda request=request: self.admin.BatchGrantAccess(request, timeout=30))
+                await outcomes.attempt(functools.partial(self.admin.BatchGrantAccess, pm.BatchGrantAccessRequest(
+                    requests=[self.grant_request() for _ in range(size)]), timeout=30))
             name = f"batch_grant_access@{size}"
             failed = " ".join(f"{k}={v}" for k, v in sorted(outcomes.errors.items()))
             if outcomes.errors["UNIMPLEMENTED"]:
@@ -271,11 +272,11 @@ class WriteBench:
         if await probe.wait() != 0:
             return not_measured("`latchkey permissions import` does not exist in the measured tree")
         path = state_dir / "import-users.csv"
-        with path.open("w") as out:
-            out.write("external_id,display_name,email,door_ids\n")
+        with path.open("w") as csv_file:
+            csv_file.write("external_id,display_name,email,door_ids\n")
             tag = time.strftime("%H%M%S")
             for i in range(IMPORT_USERS):
-                out.write(f"bench-{tag}-{i},Bench User {i},user{i}.{tag}@bench.example,{self.doors[i % DOORS]}\n")
+                csv_file.write(f"bench-{tag}-{i},Bench User {i},user{i}.{tag}@bench.example,{self.doors[i % DOORS]}\n")
         t0 = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(*CLI, "permissions", "import", str(path), "--output", "json",
                                                     env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,

@@ -55,11 +55,11 @@ class WriteFloor:
             async with self.conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(BEGIN_AND_TAKE_REVISION)  # round trip 1
                 cur.nextset()
-                revision = (await cur.fetchone())["revision"]
+                revision = _required(await cur.fetchone())["revision"]
                 await cur.execute(INSERT_GRANT, {  # round trip 2
                     "g": str(uuid.uuid4()), "u": user_id, "gr": "", "d": door_id, "vf": None, "vu": None,
                     "s": "", "t": dt.datetime.now(dt.UTC)})
-                grant = await cur.fetchone()
+                grant = _required(await cur.fetchone())
                 await cur.execute(_pyformat(ACCESS_SQL), {"users": [user_id], "doors": [door_id]})  # 3
                 facts = await cur.fetchall()
             events = [(ev.GrantChanged(grant_id=grant["grant_id"], user_id=user_id, door_id=door_id),
@@ -78,6 +78,12 @@ class WriteFloor:
                 await self.conn.execute("ROLLBACK")
             raise
         return revision
+
+
+def _required(row: dict | None) -> dict:
+    if row is None:
+        raise RuntimeError("a RETURNING statement returned no row")
+    return row
 
 
 def _pair_access(facts: list[dict]) -> PairAccess:

@@ -14,12 +14,14 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import grpc
 
 from bench.harness import percentile
 
-Write = Callable[[], Awaitable[object]]
+T = TypeVar("T")
+Write = Callable[[], Awaitable[Any]]
 
 
 @dataclass
@@ -33,7 +35,7 @@ class Outcomes:
     first_detail: dict[str, str] = field(default_factory=dict)
     """Status code name -> the details of its first failure."""
 
-    async def attempt(self, write: Write, record: bool = True) -> object | None:
+    async def attempt(self, write: Callable[[], Awaitable[T]], record: bool = True) -> T | None:
         """Run one write; its answer, or None when it failed. `record=False`: a warm-up write."""
         t0 = time.perf_counter()
         try:
