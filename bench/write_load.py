@@ -2,7 +2,8 @@
 
 A write is accepted (its latency kept), refused with RESOURCE_EXHAUSTED (its
 latency kept apart: a refusal must come at once), or failed with another code
-(counted by name). `closed_loop` keeps N writers busy back to back; `open_loop`
+(counted by name). `closed_loop` keeps N writers busy back to back (a refused
+writer first waits the delay the server's RetryInfo asks for); `open_loop`
 starts a write every 1/rate s whatever the earlier ones are doing, as clients
 that do not wait for each other would.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from bench.harness import percentile
 
@@ -24,8 +26,13 @@ T = TypeVar("T")
 Write = Callable[[], Awaitable[Any]]
 
 
+MAX_RETRY_WAIT_S = 1.0
+
+
 @dataclass
 class Outcomes:
+    honour_retry_info: bool = False
+    """After a refusal, wait the server's RetryInfo delay (at most MAX_RETRY_WAIT_S), as a client would."""
     accepted: list[float] = field(default_factory=list)
     """Seconds, per accepted write."""
     refused: list[float] = field(default_factory=list)
@@ -46,6 +53,8 @@ class Outcomes:
                     self.refused.append(time.perf_counter() - t0)
                 self.errors[exc.code().name] += 1
                 self.first_detail.setdefault(exc.code().name, exc.details() or "")
+            if self.honour_retry_info and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                await asyncio.sleep(min(retry_delay(exc), MAX_RETRY_WAIT_S))
             return None
         if record:
             self.accepted.append(time.perf_counter() - t0)
@@ -64,10 +73,21 @@ class Outcomes:
                 "other_errors": " ".join(f"{k}={v}" for k, v in others.items())}
 
 
+def retry_delay(exc: grpc.aio.AioRpcError) -> float:
+    """The google.rpc.RetryInfo delay in the status details; 0 without one."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return info.retry_delay.ToTimedelta().total_seconds()
+    return 0.0
+
+
 async def closed_loop(writer: Callable[[int, Outcomes, bool], Awaitable[None]], writers: int, seconds: float,
                       warmup: float = 0.5) -> Outcomes:
     """`writers` tasks, each calling `writer(w, outcomes, record)` back to back; recorded after the warm-up."""
-    outcomes = Outcomes()
+    outcomes = Outcomes(honour_retry_info=True)
     measure_from = time.perf_counter() + warmup
     stop_at = measure_from + seconds
 
