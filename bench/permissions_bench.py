@@ -43,7 +43,7 @@ from nats.js.api import DeliverPolicy
 
 from bench.harness import aio_channel, interleaved, percentile, start_services, tls
 from bench.write_floor import WriteFloor
-from bench.write_load import Outcomes, closed_loop, open_loop
+from bench.write_load import MAX_RETRY_WAIT_S, Outcomes, closed_loop, open_loop, retry_delay
 from latchkit.bus import PERMISSIONS_STREAM, BusSettings, ensure_streams
 from latchkit.settings import REPO_ROOT
 
@@ -241,8 +241,8 @@ class WriteBench:
             try:
                 await self.grant()
                 return
-            except grpc.aio.AioRpcError:
-                continue
+            except grpc.aio.AioRpcError as exc:  # refused: as told; else (unavailable) a short pause
+                await asyncio.sleep(min(retry_delay(exc), MAX_RETRY_WAIT_S) or 0.1)
 
     async def batches(self) -> dict:
         rows = {}
