@@ -2,8 +2,11 @@
 
 Sections (docs: README "Benchmarks" and docs/architecture.md, revisions):
 - floor_and_one_writer: `write_floor_psycopg` is one GrantAccess's transaction
-  sent by a bare psycopg client (bench/write_floor.py); `grant_access_one_writer`
-  is GrantAccess by one gRPC client, the two in rotation. Target: p50 at most 1.5x the floor.
+  sent by a bare psycopg client (bench/write_floor.py); `grpc_echo` a bare RPC of
+  a GrantAccess request's size on the same runner and TLS (bench/echo_server.py);
+  `grant_access_one_writer` is GrantAccess by one gRPC client; the three in
+  rotation. Target: GrantAccess's p50 at most 1.5x the floor's. Its p50 less
+  the floor's and the echo's is what the service itself adds.
 - closed_loop: 1, 8, 32 and 128 writers, each issuing GrantAccess back to back;
   `rate_x_one_writer` is rate(N)/rate(1), target at least 10 at 32. During the
   32-writer run one writer in 8 revokes each grant it made, and two more rows come
@@ -41,9 +44,11 @@ from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 from nats.js.api import DeliverPolicy
 
-from bench.harness import aio_channel, interleaved, percentile, start_services, tls
+from bench.echo_server import ECHO
+from bench.harness import aio_channel, interleaved, percentile, start_module, start_services, tls
 from bench.write_floor import WriteFloor
 from bench.write_load import MAX_RETRY_WAIT_S, Outcomes, closed_loop, open_loop, retry_delay
+from devstack.stack import free_port
 from latchkit.bus import PERMISSIONS_STREAM, BusSettings, ensure_streams
 from latchkit.settings import REPO_ROOT
 
@@ -56,6 +61,7 @@ RAMP = (100, 200, 500, 1000, 2000)
 RAMP_SECONDS = 4.0
 DEADLINE_S = 10.0
 BATCHES = ((100, 5), (1000, 3))  # (grants per call, calls)
+BATCH_MESSAGE_BYTES = 1 << 20
 LAG_DRAIN_S = SETTLE_S = 30.0
 IMPORT_USERS = 50_000
 IMPORT_TIMEOUT_S = 150.0
@@ -65,10 +71,14 @@ CLI = (sys.executable, "-c", "from ops.cli import main; main()")
 
 
 async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
-    services = start_services(stack_urls, pki_dir, state_dir, names=("permissions", "access"),
-                              extra_env={"LATCHKEY_ACCESS_WORKERS": "1"})  # two cores: leave them to writes
+    services = start_services(stack_urls, pki_dir, state_dir, names=("permissions", "access"), extra_env={
+        "LATCHKEY_ACCESS_WORKERS": "1",  # two cores: leave them to writes
+        # A full batch of 1,000 grants is about 80 KB; the servers' default limit is 64 KiB.
+        "LATCHKEY_PERMISSIONS_MAX_MESSAGE_BYTES": str(BATCH_MESSAGE_BYTES)})
     nc = await nats.connect(stack_urls.nats_url)
     lag = JetStreamLag()
+    echo_port = free_port()
+    echo = start_module("bench.echo_server", services.env, echo_port)
     floor = await WriteFloor.connect(stack_urls.postgres_dsn)
     try:
         js = nc.jetstream()
@@ -77,11 +87,12 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
         await js.subscribe("latchkey.permissions.grant_changed", stream=PERMISSIONS_STREAM, cb=lag.on_event,
                            ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
         async with aio_channel(services.targets["permissions"], tls(pki_dir, "admin")) as pch, \
-                aio_channel(services.targets["access"], tls(pki_dir, "admin")) as ach:
+                aio_channel(services.targets["access"], tls(pki_dir, "admin")) as ach, \
+                aio_channel(f"localhost:{echo_port}", tls(pki_dir, "admin")) as ech:
             bench = WriteBench(permissions_pb2_grpc.PermissionsServiceStub(pch),
                                access_pb2_grpc.AccessServiceStub(ach), lag)
             await bench.seed()
-            sections = {"floor_and_one_writer": await bench.against_floor(floor),
+            sections = {"floor_and_one_writer": await bench.against_floor(floor, ech.unary_unary(ECHO)),
                         "closed_loop": await bench.closed_loops(),
                         "bulk": {**await bench.batches(),
                                  f"import_{IMPORT_USERS}_users": await bench.import_users(services.env, state_dir)},
@@ -89,6 +100,8 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
                         # abandoned writes for a while after their callers gave up.
                         "open_loop_ramp": await bench.ramp()}
     finally:
+        echo.terminate()
+        echo.wait(timeout=15)
         await floor.close()
         await nc.close()
         services.stop()
@@ -155,15 +168,20 @@ class WriteBench:
     async def grant(self) -> pm.GrantAccessResponse:
         return await self.admin.GrantAccess(self.grant_request(), timeout=DEADLINE_S)
 
-    async def against_floor(self, floor: WriteFloor) -> dict:
+    async def against_floor(self, floor: WriteFloor, echo) -> dict:
+        payload = self.grant_request().SerializeToString()  # the size of a GrantAccess request
+
         async def bare(_: int) -> None:
             await floor.grant(*next(self.pairs))
+
+        async def grpc_echo(_: int) -> None:
+            await echo(payload, timeout=DEADLINE_S)
 
         async def one_writer(_: int) -> None:
             await self.grant()
 
-        measured = await interleaved({"write_floor_psycopg": bare, "grant_access_one_writer": one_writer}, 1,
-                                     FLOOR_SECONDS, rounds=4)
+        measured = await interleaved({"write_floor_psycopg": bare, "grpc_echo": grpc_echo,
+                                      "grant_access_one_writer": one_writer}, 1, FLOOR_SECONDS, rounds=4)
         rows = {name: {"rate_per_s": r["rps"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "calls": r["calls"]}
                 for name, r in measured.items()}
         rows["grant_access_one_writer"]["target"] = "p50 <= 1.5x floor"
