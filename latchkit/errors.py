@@ -49,14 +49,31 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ResourceExhausted(ServiceError):
+    """Refused before any work, to shed load: retrying after `retry_after_s` is safe."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 def trailing_metadata(error: ServiceError) -> tuple[tuple[str, bytes], ...]:
-    """`grpc-status-details-bin` with a BadRequest for field errors (what grpcio-status reads)."""
+    """`grpc-status-details-bin` (what grpcio-status reads): a BadRequest naming the field of an
+    INVALID_ARGUMENT, a RetryInfo with the delay of a RESOURCE_EXHAUSTED."""
     status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=error.message)
     if isinstance(error, InvalidArgument):
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.reason)
         ]))
+        status.details.append(detail)
+    if isinstance(error, ResourceExhausted):
+        detail = any_pb2.Any()
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(max(1, round(error.retry_after_s * 1000)))
+        detail.Pack(retry)
         status.details.append(detail)
     return (("grpc-status-details-bin", status.SerializeToString()),)
 

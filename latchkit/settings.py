@@ -28,7 +28,7 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -38,6 +38,8 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
         raise SettingsError(f"{name}={raw!r} is not an integer") from exc
     if minimum is not None and value < minimum:
         raise SettingsError(f"{name}={value} is below the minimum {minimum}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name}={value} is above the maximum {maximum}")
     return value
 
 
@@ -108,14 +110,15 @@ class ServerSettings:
 
     @classmethod
     def from_env(
-        cls, prefix: str, *, default_port: int, default_metrics_port: int, identity: str
+        cls, prefix: str, *, default_port: int, default_metrics_port: int, identity: str,
+        default_max_message_bytes: int = 64 * 1024,
     ) -> ServerSettings:
         return cls(
             host=env_str(f"{prefix}_HOST", "127.0.0.1"),
             port=env_int(f"{prefix}_PORT", default_port, minimum=0),
             metrics_port=env_int(f"{prefix}_METRICS_PORT", default_metrics_port, minimum=0),
             grace_seconds=env_float(f"{prefix}_GRACE_SECONDS", 5.0),
-            max_message_bytes=env_int(f"{prefix}_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1024),
+            max_message_bytes=env_int(f"{prefix}_MAX_MESSAGE_BYTES", default_max_message_bytes, minimum=1024),
             tls=TlsSettings.for_identity(identity, prefix=prefix),
             max_concurrent_rpcs=env_int(f"{prefix}_MAX_CONCURRENT_RPCS", 2000, minimum=1),
         )

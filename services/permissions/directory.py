@@ -235,7 +235,8 @@ class Directory(UseCases):
         else:
             changed = await store.remove_members(group_id, user_ids)
             if strict and len(changed) < len(user_ids):
-                i, user_id = next((i, u) for i, u in enumerate(user_ids) if u not in changed)
+                were = set(changed)
+                i, user_id = next((i, u) for i, u in enumerate(user_ids) if u not in were)
                 raise NotFound(names.says(i, f"user {user_id} is not a member of group {group_id}"))
         for user_id in changed:
             uow.emit(ev.GroupMembershipChanged(group_id=group_id, user_id=user_id, member=member),

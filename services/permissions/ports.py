@@ -1,8 +1,9 @@
 """What the permissions use cases need from storage; the docstrings are the contract.
 
-A use case opens one unit of work (`UnitOfWorkFactory.write()` or `.read()`),
-asks its `store` and `idempotency`, queues events with `emit`, and leaves;
-the unit of work commits the rows and the events together, or nothing.
+A write use case hands its work to `UnitOfWorkFactory.write(work)`; the work
+asks the unit of work's `store` and `idempotency`, queues events with `emit`,
+and returns; its rows and events are committed together, or nothing. A read
+opens `UnitOfWorkFactory.read()` and asks its `store`.
 Adapters: `adapters/postgres.py` (the service), `tests/unit/fakes_permissions.py`
 (in memory, for the use-case tests).
 """
@@ -10,9 +11,10 @@ Adapters: `adapters/postgres.py` (the service), `tests/unit/fakes_permissions.py
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from access_rules.rules import Window
 from services.permissions.domain import (
@@ -147,9 +149,10 @@ class IdempotencyStore(Protocol):
 
 
 class UnitOfWork(Protocol):
-    """One transaction. A write takes the next revision first (writers run one at a time);
-    its events are written with it at commit. A write with no events, or cancelled, rolls
-    back and gives its revision back (`revision` is then the last committed one)."""
+    """One write's view of its transaction. `revision` is the one its commit will have, known
+    before any statement (writes see the latest committed state and nothing can commit
+    between their checks and their commit). Its events are written at commit. A write with
+    no events, or cancelled, or that raised, leaves nothing behind."""
 
     revision: int
 
@@ -167,8 +170,27 @@ class UnitOfWork(Protocol):
         """Roll back at the end, whatever was done."""
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Committed(Generic[T]):
+    value: T
+    """What the work returned."""
+    revision: int
+    """The revision its commit has; for a write that changed nothing, the last committed one
+    it has seen (its answer is true as of that revision)."""
+
+
 class UnitOfWorkFactory(Protocol):
-    def write(self) -> AbstractAsyncContextManager[UnitOfWork]: ...
+    async def write(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> Committed[T]:
+        """Run `work` in a write transaction and commit it (or, if it raises, nothing of it).
+
+        A revision is a commit, not a write: an adapter may run the works of concurrent
+        callers one after the other in one transaction (group commit), so they share its
+        revision; one work's error never fails another's. The work may run in another task
+        than the caller's, in a copy of the caller's context. Past capacity it raises
+        `ResourceExhausted` before running the work."""
 
     def read(self, *, snapshot: bool = False) -> AbstractAsyncContextManager[UnitOfWork]:
         """A read-only transaction; `snapshot`: every read sees one moment (with `store.revision()`)."""

@@ -78,6 +78,11 @@ class Replayed:
     response: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    stored: StoredResponse
+
+
 def request_hash(hmac_key: bytes, method: str, request: bytes) -> bytes:
     """HMAC-SHA256 of the request.
 
@@ -121,18 +126,25 @@ class UseCases:
         """The write; without a request_id it is always `Written`, with one a retry is `Replayed`."""
         key = idempotent if idempotent is not None and idempotent.request_id else None
         digest = request_hash(self.hmac_key, key.method, key.request) if key else b""
-        replay: StoredResponse | None = None
-        async with self.uow.write() as uow:
+
+        async def attempt(uow: UnitOfWork) -> T | _Replay:
             if key:
-                replay = await uow.idempotency.find(key.caller, key.request_id)
-            if replay is not None:
-                uow.cancel()  # a replay must not consume a revision
-            else:
-                value = await work(uow)
-                if key:
-                    await uow.idempotency.save(key.caller, key.request_id, key.method,
-                                               key.encode(value, uow.revision), digest)
-        if key is not None and replay is not None:  # only a request_id finds a stored answer
+                stored = await uow.idempotency.find(key.caller, key.request_id)
+                if stored is not None:
+                    uow.cancel()  # a replay writes nothing
+                    return _Replay(stored)
+            value = await work(uow)
+            if key:
+                await uow.idempotency.save(key.caller, key.request_id, key.method,
+                                           key.encode(value, uow.revision), digest)
+            return value
+
+        done = await self.uow.write(attempt)
+        value = done.value
+        if isinstance(value, _Replay):
+            replay = value.stored
+            if key is None:  # only a request_id finds a stored answer
+                raise RuntimeError("a stored answer was found for a write without a request_id")
             if replay.method != key.method:
                 raise AlreadyExists(f"request_id was already used for {replay.method}")
             # Answers stored before requests were hashed carry none: replayed as they always were.
@@ -141,7 +153,7 @@ class UseCases:
                                                     "repeat the request unchanged, a new request needs a new "
                                                     "request_id")
             return Replayed(replay.response)
-        return Written(value, uow.revision)
+        return Written(value, done.revision)
 
     async def _read(self, work: Callable[[PermissionsStore], Awaitable[T]]) -> T:
         async with self.uow.read() as uow:

@@ -126,6 +126,7 @@ def test_repeated_denials_of_one_credential_are_throttled_and_raise_an_alarm(sys
 def test_oversize_requests_are_refused(system, pki):
     admin = Admin(system, pki)
     with pytest.raises(grpc.RpcError) as info:
-        admin.CreateUser(pm.CreateUserRequest(user=pm.User(display_name="x" * 100_000)))
+        # Over the permissions service's 1 MiB (its batches carry up to 1,000 items).
+        admin.CreateUser(pm.CreateUserRequest(user=pm.User(display_name="x" * 1_100_000)))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     admin.close()

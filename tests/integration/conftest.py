@@ -47,11 +47,13 @@ class RunningPermissions:
     dsn: str
 
 
-async def start_permissions(urls, pki, *, relay: bool = True, dsn: str | None = None) -> tuple:
+async def start_permissions(urls, pki, *, relay: bool = True, dsn: str | None = None, **overrides) -> tuple:
+    """`overrides`: other `PermissionsSettings` fields (e.g. write_queue_budget_ms)."""
     dsn = dsn or fresh_database(urls)
     settings = PermissionsSettings(server=server_settings(pki.tls("permissions")),
                                    bus=BusSettings(url=urls.nats_url, duplicate_window_s=600.0),
-                                   postgres_dsn=dsn, pool_size=20, relay_poll_seconds=0.2, relay_batch=256)
+                                   postgres_dsn=dsn, pool_size=20, relay_poll_seconds=0.2, relay_batch=256,
+                                   **overrides)
     app = permissions_bootstrap.build(settings)
     spec = app.spec()
     if not relay:

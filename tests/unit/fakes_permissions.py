@@ -11,9 +11,9 @@ import contextlib
 import copy
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from access_rules.rules import Window
 from services.permissions.domain import (
@@ -29,7 +29,9 @@ from services.permissions.domain import (
     Schedule,
     User,
 )
-from services.permissions.ports import StoredResponse
+from services.permissions.ports import Committed, StoredResponse
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -316,17 +318,16 @@ class FakeDatabase:
     def __init__(self) -> None:
         self.state = State()
 
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[FakeUnitOfWork]:
+    async def write(self, work: Callable[[Any], Awaitable[T]]) -> Committed[T]:
         working = copy.deepcopy(self.state)
         working.revision += 1
         uow = FakeUnitOfWork(working, working.revision)
-        yield uow  # an error raised in the block leaves self.state untouched: a rollback
+        value = await work(uow)  # an error raised here leaves self.state untouched: a rollback
         if uow.cancelled or not uow.events:
-            uow.revision = self.state.revision
-            return
+            return Committed(value, self.state.revision)
         working.outbox += [(uow.revision, i, payload, key) for i, (payload, key) in enumerate(uow.events)]
         self.state = working
+        return Committed(value, uow.revision)
 
     @contextlib.asynccontextmanager
     async def read(self, *, snapshot: bool = False) -> AsyncIterator[FakeUnitOfWork]:

@@ -1,25 +1,35 @@
-"""PostgreSQL unit of work: one transaction, its revision, its events, its outbox rows.
+"""PostgreSQL unit of work and group commit: one transaction, its revision, its events, its outbox rows.
 
-Every write starts by taking the next revision from `revision_counter`
-(UPDATE ... RETURNING, sent together with BEGIN). The row lock is held until commit, so writers run one
-at a time: revisions are contiguous, grow in commit order, and everything a
-write reads is the latest committed state (no write skew is possible). At
-commit the events go to `outbox` in the same transaction, in one statement
+A write transaction starts by taking the next revision from `revision_counter`
+(UPDATE ... RETURNING, sent together with BEGIN). The row lock is held until
+commit, so transactions run one at a time: revisions are contiguous, grow in
+commit order, and everything a write reads is the latest committed state (no
+write skew is possible).
+
+Group commit: writes that arrive while a transaction holds the lock wait in
+`write_queue.WriteQueue`; the next transaction runs all of them (up to
+`max_group`) one after the other, each behind a savepoint, so one write's error
+rolls back only that write. They share the transaction's revision (a revision
+is a commit, not a write), its one lock hold, its one fsync and its one relay
+wake-up. A group of one runs without savepoints, as a single write always did.
+
+At commit the events go to `outbox` in the same transaction, in one statement
 with the NOTIFY that wakes the relay, sent together with the COMMIT. A
 rolled-back write leaves no revision, row or event behind. With tracing on,
-each outbox row keeps the W3C `traceparent` of the span current at commit
-(the RPC's server span), so the relay publishes it in the write's trace.
+each outbox row keeps the W3C `traceparent` of the span current when its event
+was queued (its RPC's server span), so the relay publishes it in that write's trace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -27,26 +37,34 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from latchkit import envelope, tracing
-from latchkit.errors import FailedPrecondition, Unavailable
+from latchkit.errors import FailedPrecondition, ServiceError, Unavailable
 from latchkit.identity import actor
+from services.permissions.adapters import write_queue
 from services.permissions.adapters.postgres_store import (
     ForeignKeyViolation,
     PostgresIdempotencyStore,
     PostgresPermissionsStore,
 )
 from services.permissions.migrations import sqlalchemy_url
+from services.permissions.ports import Committed
 
 log = logging.getLogger("latchkey.permissions.db")
+T = TypeVar("T")
 NOTIFY_CHANNEL = "latchkey_outbox"
 BEGIN_AND_TAKE_REVISION = (
     "BEGIN; UPDATE revision_counter SET revision = revision + 1 WHERE id = 1 RETURNING revision")
+SAVEPOINT = "SAVEPOINT write"
+NEXT_SAVEPOINT = "RELEASE SAVEPOINT write; SAVEPOINT write"
+ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT write"
+MAX_GROUP = 32
 # The events and the relay's wake-up in one statement (a data-modifying CTE always runs).
-# Every row of the transaction keeps the write's trace (one parameter, NULL when tracing is off).
+# Each row keeps its write's trace (NULL when tracing is off).
 OUTBOX_INSERT = (
     "WITH written AS (INSERT INTO outbox (revision, idx, event_id, subject, payload, traceparent) "
-    "SELECT :revision, i, e, s, p, CAST(:traceparent AS text) "
+    "SELECT :revision, i, e, s, p, tp "
     "FROM unnest(CAST(:idx AS integer[]), CAST(:event_ids AS uuid[]), "
-    "CAST(:subjects AS text[]), CAST(:payloads AS bytea[])) AS t(i, e, s, p) RETURNING 1) "
+    "CAST(:subjects AS text[]), CAST(:payloads AS bytea[]), CAST(:traceparents AS text[])) "
+    "AS t(i, e, s, p, tp) RETURNING 1) "
     f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
 )
 
@@ -87,9 +105,8 @@ class PostgresUnitOfWork:
     def __init__(self, conn: psycopg.AsyncConnection, revision: int | None) -> None:
         self.conn = conn
         self.revision = revision or 0
-        self.events: list = []
+        self.events: list[QueuedEvent] = []
         self.cancelled = False
-        self._actor = actor()
         self.store = PostgresPermissionsStore(self)
         self.idempotency = PostgresIdempotencyStore(self)
 
@@ -126,30 +143,57 @@ class PostgresUnitOfWork:
                 await cur.executemany(_pyformat(sql), rows)
 
     def emit(self, payload, aggregate_key: str) -> None:
-        """Queue an event for this transaction's revision; written to the outbox at commit."""
-        self.events.append((payload, aggregate_key))
+        """Queue an event for this transaction's revision; written to the outbox at commit.
+
+        Called from the write's own context: the event keeps its caller and its trace."""
+        self.events.append(QueuedEvent(payload, aggregate_key, actor(), tracing.current_traceparent()))
 
     def cancel(self) -> None:
         """Roll back at the end (an idempotent replay must not consume a revision)."""
         self.cancelled = True
 
-    async def _write_outbox_and_commit(self) -> None:
-        count = len(self.events)
-        idx, event_ids, subjects, payloads = [], [], [], []
-        for index, (payload, key) in enumerate(self.events):
-            env = envelope.build(payload, actor=self._actor, aggregate_key=key,
-                                 aggregate_version=self.revision, revision=self.revision,
-                                 revision_event_index=index, revision_event_count=count)
-            idx.append(index)
-            event_ids.append(env.event_id)
-            subjects.append(envelope.subject(env))
-            payloads.append(env.SerializeToString())
-        # Client-side binding lets COMMIT ride in the same round trip (a multi-statement
-        # query); if the insert fails, PostgreSQL skips the COMMIT and the caller rolls back.
-        async with psycopg.AsyncClientCursor(self.conn) as cur:
-            await cur.execute(_pyformat(OUTBOX_INSERT) + "; COMMIT", {
-                "revision": self.revision, "idx": idx, "event_ids": event_ids, "subjects": subjects,
-                "payloads": payloads, "traceparent": tracing.current_traceparent()})
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueuedEvent:
+    payload: Any
+    aggregate_key: str
+    actor: str
+    traceparent: str | None
+
+
+async def _write_outbox_and_commit(conn: psycopg.AsyncConnection, revision: int,
+                                   events: list[QueuedEvent]) -> None:
+    count = len(events)
+    idx, event_ids, subjects, payloads, traceparents = [], [], [], [], []
+    for index, event in enumerate(events):
+        env = envelope.build(event.payload, actor=event.actor, aggregate_key=event.aggregate_key,
+                             aggregate_version=revision, revision=revision,
+                             revision_event_index=index, revision_event_count=count)
+        idx.append(index)
+        event_ids.append(env.event_id)
+        subjects.append(envelope.subject(env))
+        payloads.append(env.SerializeToString())
+        traceparents.append(event.traceparent)
+    # Client-side binding lets COMMIT ride in the same round trip (a multi-statement
+    # query); if the insert fails, PostgreSQL skips the COMMIT and the caller rolls back.
+    async with psycopg.AsyncClientCursor(conn) as cur:
+        await cur.execute(_pyformat(OUTBOX_INSERT) + "; COMMIT", {
+            "revision": revision, "idx": idx, "event_ids": event_ids, "subjects": subjects,
+            "payloads": payloads, "traceparents": traceparents})
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """The transaction cannot go on (as opposed to one statement's error, which a savepoint undoes)."""
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, OSError, sa_exc.OperationalError,
+                            sa_exc.InterfaceError, asyncio.CancelledError))
+
+
+def _for_caller(exc: Exception) -> Exception:
+    """One write's error as its caller gets it (the database's last word on a constraint included)."""
+    if isinstance(exc, psycopg.errors.IntegrityError):
+        constraint = exc.diag.constraint_name or "a constraint"
+        return FailedPrecondition(f"the change conflicts with the current state ({constraint})")
+    return exc
 
 
 @contextlib.contextmanager
@@ -171,7 +215,8 @@ def translate_errors():
 class Database:
     """`ports.UnitOfWorkFactory`: owns the engine; hands out units of work."""
 
-    def __init__(self, dsn: str, pool_size: int = 10) -> None:
+    def __init__(self, dsn: str, pool_size: int = 10, *, max_group: int = 32,
+                 queue_budget_s: float = 1.0) -> None:
         # Statements go to psycopg directly, so SQLAlchemy never sees a disconnect and
         # never discards the dead connections a database restart leaves in the pool:
         # without a check, each failed one write in turn. The pre-ping (one round trip,
@@ -182,6 +227,13 @@ class Database:
             pool_timeout=5,
         )
         self.pool_size = pool_size
+        # Writes queue here, not in the pool: reads never wait behind them. At most MAX_GROUP writes a
+        # group keeps a transaction's subtransactions (one per savepoint) inside PostgreSQL's
+        # per-backend cache of 64, past which every snapshot taken anywhere gets slower.
+        if not 1 <= max_group <= MAX_GROUP:
+            raise ValueError(f"max_group must be 1..{MAX_GROUP}, not {max_group}")
+        self.writes = write_queue.WriteQueue(self._run_group, max_group=max_group,
+                                             budget_s=queue_budget_s)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
@@ -199,44 +251,95 @@ class Database:
                     await uow.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 yield uow
 
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[PostgresUnitOfWork]:
-        with translate_errors():
-            async with self._connection() as conn:
-                async with self._write(conn) as uow:
-                    yield uow
+    async def write(self, work: Callable[[PostgresUnitOfWork], Awaitable[T]]) -> Committed[T]:
+        """`ports.UnitOfWorkFactory.write`: the work joins the next group commit."""
+        committed: Committed[T] = await self.writes.submit(work)
+        return committed
 
-    @contextlib.asynccontextmanager
-    async def _write(self, conn: psycopg.AsyncConnection) -> AsyncIterator[PostgresUnitOfWork]:
+    async def _run_group(self, group: list[write_queue.Pending]) -> None:
+        """One transaction for the group; settles every write's future (the queue's contract)."""
+        try:
+            with translate_errors():
+                async with self._connection() as conn:
+                    await self._group_transaction(conn, group)
+        except BaseException as exc:
+            # Nothing of the group committed: every write not yet answered gets the error.
+            error = (exc if isinstance(exc, ServiceError) or not _connection_lost(exc)
+                     else Unavailable("the permissions database is unavailable; retry"))
+            for item in group:
+                if not item.future.done() and not item.deferred:
+                    item.future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _group_transaction(self, conn: psycopg.AsyncConnection, group: list[write_queue.Pending]) -> None:
         # The transaction is driven by hand so that BEGIN and the revision travel in one
         # round trip (a parameterless multi-statement query); in autocommit mode psycopg
         # sends no BEGIN of its own. Every write pays each round trip under the revision
         # lock, so each one saved is throughput as well as latency.
         await conn.set_autocommit(True)  # local: no round trip
+        shared = len(group) > 1
         try:
-            uow = PostgresUnitOfWork(conn, None)
-            try:
-                async with conn.cursor() as cur:
-                    await cur.execute(BEGIN_AND_TAKE_REVISION)
-                    cur.nextset()  # past BEGIN's result to the UPDATE's
-                    taken = await cur.fetchone()
-                    if taken is None:
-                        raise MissingRow(BEGIN_AND_TAKE_REVISION)
-                    revision = taken[0]
-                uow.revision = revision
-                yield uow
+            async with conn.cursor() as cur:
+                await cur.execute(BEGIN_AND_TAKE_REVISION + (f"; {SAVEPOINT}" if shared else ""))
+                cur.nextset()  # past BEGIN's result to the UPDATE's
+                taken = await cur.fetchone()
+                if taken is None:
+                    raise MissingRow(BEGIN_AND_TAKE_REVISION)
+                revision: int = taken[0]
+            events: list[QueuedEvent] = []
+            answered: list[tuple[write_queue.Pending, Any]] = []
+            kept = False  # the last write kept changes after the savepoint: move it past them
+            keys: set[str] = set()  # the aggregates this transaction's events are about
+            deferred: list[write_queue.Pending] = []
+            for item in group:
+                if item.future.done():  # its caller gave up before it ran
+                    continue
+                if kept:
+                    await conn.execute(NEXT_SAVEPOINT)
+                    kept = False
+                uow = PostgresUnitOfWork(conn, revision)
+                try:
+                    value = await item.run(uow)
+                except Exception as exc:
+                    if _connection_lost(exc) or not shared:
+                        raise  # the whole transaction is lost (or was only this write): nothing commits
+                    await conn.execute(ROLLBACK_TO_SAVEPOINT)
+                    if not item.future.done():
+                        item.future.set_exception(_for_caller(exc))
+                    continue
                 if uow.cancelled or not uow.events:
-                    # Nothing changed (or a replay): give the revision back; the
-                    # answer is the revision already committed.
-                    uow.revision = revision - 1
+                    if shared:  # a replay or a no-op leaves nothing, as on its own
+                        await conn.execute(ROLLBACK_TO_SAVEPOINT)
+                else:
+                    mine = {event.aggregate_key for event in uow.events}
+                    if mine & keys:
+                        # Consumers apply an aggregate's events by version (= revision): two writes
+                        # of one revision on the same aggregate could not be told apart. This one
+                        # runs again, first in the next transaction, with the next revision.
+                        await conn.execute(ROLLBACK_TO_SAVEPOINT)
+                        deferred.append(item)
+                        continue
+                    keys |= mine
+                    events.extend(uow.events)
+                    kept = True
+                answered.append((item, value))
+            self.writes.defer(deferred)
+            if events:
+                await _write_outbox_and_commit(conn, revision, events)
+            else:
+                # Nothing changed (or replays only): give the revision back; the
+                # answer is the revision already committed.
+                revision -= 1
+                await conn.execute("ROLLBACK")
+            for item, value in answered:
+                if not item.future.done():
+                    item.future.set_result(Committed(value, revision))
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
                     await conn.execute("ROLLBACK")
-                    return
-                await uow._write_outbox_and_commit()
-            except BaseException:
-                if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.execute("ROLLBACK")
-                raise
+            raise
         finally:
             if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 await conn.set_autocommit(False)
@@ -271,4 +374,5 @@ class Database:
             return await uow.store.revision()
 
     async def close(self) -> None:
+        await self.writes.close()
         await self.engine.dispose()
