@@ -61,7 +61,6 @@ RAMP = (100, 200, 500, 1000, 2000)
 RAMP_SECONDS = 4.0
 DEADLINE_S = 10.0
 BATCHES = ((100, 5), (1000, 3))  # (grants per call, calls)
-BATCH_MESSAGE_BYTES = 1 << 20
 LAG_DRAIN_S = SETTLE_S = 30.0
 IMPORT_USERS = 50_000
 IMPORT_TIMEOUT_S = 150.0
@@ -71,10 +70,8 @@ CLI = (sys.executable, "-c", "from ops.cli import main; main()")
 
 
 async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
-    services = start_services(stack_urls, pki_dir, state_dir, names=("permissions", "access"), extra_env={
-        "LATCHKEY_ACCESS_WORKERS": "1",  # two cores: leave them to writes
-        # A full batch of 1,000 grants is about 80 KB; the servers' default limit is 64 KiB.
-        "LATCHKEY_PERMISSIONS_MAX_MESSAGE_BYTES": str(BATCH_MESSAGE_BYTES)})
+    services = start_services(stack_urls, pki_dir, state_dir, names=("permissions", "access"),
+                              extra_env={"LATCHKEY_ACCESS_WORKERS": "1"})  # two cores: leave them to writes
     nc = await nats.connect(stack_urls.nats_url)
     lag = JetStreamLag()
     echo_port = free_port()
