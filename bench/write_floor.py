@@ -72,7 +72,7 @@ class WriteFloor:
                 await cur.execute(_pyformat(OUTBOX_INSERT) + "; COMMIT", {
                     "revision": revision, "idx": list(range(len(envs))),
                     "event_ids": [e.event_id for e in envs], "subjects": [envelope.subject(e) for e in envs],
-                    "payloads": [e.SerializeToString() for e in envs], "traceparent": None})
+                    "payloads": [e.SerializeToString() for e in envs], "traceparents": [None] * len(envs)})
         except BaseException:
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 await self.conn.execute("ROLLBACK")
