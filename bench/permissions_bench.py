@@ -1,6 +1,6 @@
 """Permissions writes at scale, each figure against the write floor measured in the same run.
 
-Sections (docs: README "Benchmarks" and docs/architecture.md, revisions):
+Sections (the README, "Tests and benchmarks", says the same for readers of the table):
 - floor_and_one_writer: `write_floor_psycopg` is one GrantAccess's transaction
   sent by a bare psycopg client (bench/write_floor.py); `grpc_echo` a bare RPC of
   a GrantAccess request's size on the same runner and TLS (bench/echo_server.py);
@@ -9,13 +9,13 @@ Sections (docs: README "Benchmarks" and docs/architecture.md, revisions):
   the floor's and the echo's is what the service itself adds.
 - closed_loop: 1, 8, 32 and 128 writers, each issuing GrantAccess back to back;
   `rate_x_one_writer` is rate(N)/rate(1), target at least 10 at 32. During the
-  32-writer run one writer in 8 revokes each grant it made, and two more rows come
+  32-writer run one writer in 4 revokes each grant it made, and two more rows come
   from that run: commit-to-JetStream lag (the envelope's occurred_at to this
   process's subscriber) and revocation-visible (RevokeAccess's answer, revision R,
   to the access service's WaitForRevision(R) returning: from then on Unlock sees it).
 - open_loop_ramp: a write starts every 1/rate s whatever the others are doing,
   at each offered rate; refusals (RESOURCE_EXHAUSTED) must come fast
-  (p99 under 50 ms) and no write may time out or be UNAVAILABLE.
+  (p99 under 50 ms) and no write may time out, be UNAVAILABLE or fail otherwise.
 - bulk: BatchGrantAccess with 100 and 1,000 grants per call, and
   `latchkey permissions import` of a CSV of 50,000 users with one grant each;
   "n/a" when the measured tree lacks the RPC or the command.
@@ -53,7 +53,7 @@ from latchkit.bus import PERMISSIONS_STREAM, BusSettings, ensure_streams
 from latchkit.settings import REPO_ROOT
 
 USERS, DOORS = 600, 50  # 30,000 pairs: about one write each in a run
-FLOOR_SECONDS = 8.0  # the floor and one writer, each, in 4 turns
+FLOOR_SECONDS = 8.0  # each case of the floor section, in 4 turns
 WRITERS = (1, 8, 32, 128)
 LOOP_SECONDS = 3.0
 REVOKING_AT, REVOKER_EVERY = 32, 4
