@@ -11,7 +11,7 @@ import pytest
 from latchkey.permissions.v1 import permissions_pb2 as pm
 
 from latchkit.settings import REPO_ROOT
-from services.permissions.cli import ChunkDone, import_file
+from services.permissions.bulk_import import ChunkDone, import_file
 from tests.e2e.helpers import rid
 
 

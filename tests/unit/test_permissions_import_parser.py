@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.permissions.cli import BadInput, Record, detect_format, parse, prepare
+from services.permissions.bulk_import import BadInput, Record, detect_format, parse, prepare
 
 DOOR_A = "5f0c1d4e-8a7b-4c2d-9e1f-0a1b2c3d4e5f"
 DOOR_B = "6a1d2e5f-9b8c-4d3e-8f2a-1b2c3d4e5f60"

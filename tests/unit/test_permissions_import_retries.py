@@ -14,7 +14,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 
-from services.permissions.cli import ImportStopped, import_file, prepare, run
+from services.permissions.bulk_import import ImportStopped, import_file, prepare, run
 
 DOOR = "5f0c1d4e-8a7b-4c2d-9e1f-0a1b2c3d4e5f"
 
@@ -26,6 +26,7 @@ class ScriptedServer(permissions_pb2_grpc.PermissionsServiceServicer):
     def __init__(self) -> None:
         self.failures: list[tuple[grpc.StatusCode, str, float | None] | None] = []
         self.calls: list[tuple[str, str]] = []
+        self.items: list[int] = []
 
     def _fail_if_scripted(self, context) -> None:
         failure = self.failures.pop(0) if self.failures else None
@@ -39,27 +40,42 @@ class ScriptedServer(permissions_pb2_grpc.PermissionsServiceServicer):
 
     def BatchCreateUsers(self, request, context):
         self.calls.append(("BatchCreateUsers", request.request_id))
+        self.items.append(len(request.requests))
         self._fail_if_scripted(context)
         return pm.BatchCreateUsersResponse(users=[pm.User(user_id=str(uuid.uuid4()), external_id=r.user.external_id)
                                                   for r in request.requests], revision=len(self.calls))
 
     def BatchGrantAccess(self, request, context):
         self.calls.append(("BatchGrantAccess", request.request_id))
+        self.items.append(len(request.requests))
         self._fail_if_scripted(context)
         return pm.BatchGrantAccessResponse(grants=[r.grant for r in request.requests], revision=len(self.calls))
 
 
-@pytest.fixture
-def server():
+def serve(max_receive: int = 64 * 1024):
+    """A scripted server refusing requests over `max_receive` bytes, as the real one does."""
     scripted = ScriptedServer()
-    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
+                              options=[("grpc.max_receive_message_length", max_receive)])
     permissions_pb2_grpc.add_PermissionsServiceServicer_to_server(scripted, grpc_server)
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     grpc_server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield scripted, permissions_pb2_grpc.PermissionsServiceStub(channel)
-    channel.close()
-    grpc_server.stop(None)
+    try:
+        yield scripted, permissions_pb2_grpc.PermissionsServiceStub(channel)
+    finally:
+        channel.close()
+        grpc_server.stop(None)
+
+
+@pytest.fixture
+def server():
+    yield from serve()
+
+
+@pytest.fixture
+def small_server():
+    yield from serve(max_receive=4096)
 
 
 @pytest.fixture
@@ -112,7 +128,8 @@ def test_a_refused_item_is_named_by_its_line(server, users_csv):
     with pytest.raises(ImportStopped) as stopped:
         import_file(users_csv, stub, chunk_size=4)
     assert str(stopped.value).startswith(f"chunk 1 (lines 2-5), line 3 (door {DOOR}): NOT_FOUND")
-    assert "this chunk's users exist, not all of its grants" in str(stopped.value)
+    assert "this chunk is partly written (a rerun replays that part); a rerun resumes with this chunk" in \
+        str(stopped.value)
 
 
 def test_an_existing_external_id_is_named_by_its_line_even_without_an_index(server, users_csv):
@@ -125,3 +142,26 @@ def test_an_existing_external_id_is_named_by_its_line_even_without_an_index(serv
     assert str(stopped.value).startswith("chunk 2 (lines 4-5), line 5 (external_id 'e-3'): ALREADY_EXISTS")
     assert "nothing of this chunk was written" in str(stopped.value)
     assert list(prepare(users_csv, chunk_size=2).done) == [0]
+
+
+def test_a_chunk_over_the_servers_message_limit_goes_in_several_batches(small_server, tmp_path):
+    scripted, stub = small_server
+    source = tmp_path / "users.jsonl"
+    source.write_text("".join(f'{{"external_id": "e-{i}", "display_name": "{"n" * 150}", "door_ids": ["{DOOR}"]}}\n'
+                              for i in range(40)))
+    summary = run(prepare(source, chunk_size=40), stub, max_message_bytes=4096)
+    assert (summary.users_created, summary.grants_created) == (40, 40)
+    users = [n for (name, _), n in zip(scripted.calls, scripted.items, strict=True) if name == "BatchCreateUsers"]
+    grants = [n for (name, _), n in zip(scripted.calls, scripted.items, strict=True) if name == "BatchGrantAccess"]
+    assert len(users) > 1 and sum(users) == 40 and sum(grants) == 40
+    assert len({rid for _, rid in scripted.calls}) == len(scripted.calls)
+
+
+def test_a_request_over_the_servers_limit_is_not_retried(small_server, tmp_path):
+    scripted, stub = small_server
+    source = tmp_path / "users.jsonl"
+    source.write_text("".join(f'{{"external_id": "e-{i}", "display_name": "{"n" * 150}"}}\n' for i in range(40)))
+    with pytest.raises(ImportStopped) as stopped:
+        run(prepare(source, chunk_size=40), stub, max_message_bytes=64 * 1024)
+    assert "RESOURCE_EXHAUSTED: " in str(stopped.value) and "MAX_MESSAGE_BYTES" in str(stopped.value)
+    assert scripted.calls == []
