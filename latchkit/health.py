@@ -32,7 +32,7 @@ from latchkit.retry import Backoff
 log = logging.getLogger("latchkit.health")
 
 DEPENDENCY_PREFIX = "latchkey.dependency."
-DEPENDENCIES = ("postgresql", "redis", "nats", "view", "audit_store")
+DEPENDENCIES = ("postgresql", "redis", "nats", "view", "audit_store", "outbox_relay")
 """Every dependency name a service may report (what `latchkey health` asks each service for)."""
 PROBE_TIMEOUT_SECONDS = 1.0
 UP_PERIOD_SECONDS = 1.0

@@ -29,8 +29,10 @@ class PermissionsApp:
             permissions_pb2_grpc.add_PermissionsServiceServicer_to_server(self.servicer, server)
             return [permissions_pb2.DESCRIPTOR.services_by_name["PermissionsService"].full_name]
 
+        # In `process` mode the relay is not this loop's job: `__main__` runs it in a child process.
+        background = [self.relay.run] if self.settings.relay_mode == "task" else []
         return ServiceSpec(name="permissions", register=register, on_stop=self.db.close,
-                           policy=authz.allowed, background=[self.relay.run], startup=[self.db.warm],
+                           policy=authz.allowed, background=background, startup=[self.db.warm],
                            dependencies=[health.postgresql(self.settings.postgres_dsn, required=True),
                                          health.nats(self.settings.bus, name="permissions")])
 

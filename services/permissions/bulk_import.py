@@ -244,9 +244,10 @@ def run(plan: ImportPlan, stub, *, on_chunk_done: Callable[[ChunkDone], None] | 
     """Send every chunk the state file does not list as done; `stub` is a PermissionsServiceStub (sync).
     `max_message_bytes`: the server's request limit (default: LATCHKEY_PERMISSIONS_MAX_MESSAGE_BYTES)."""
     from latchkit.settings import env_int
+    from services.permissions.settings import MAX_MESSAGE_BYTES
 
     started = time.monotonic()
-    limit = max_message_bytes or env_int("LATCHKEY_PERMISSIONS_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1024)
+    limit = max_message_bytes or env_int("LATCHKEY_PERMISSIONS_MAX_MESSAGE_BYTES", MAX_MESSAGE_BYTES, minimum=1024)
     sender = _Sender(stub, timeout, attempts, limit - REQUEST_OVERHEAD)
     summary = ImportSummary(len(plan.records), len(plan.chunks), len(plan.done), 0, 0,
                             max((c["revision"] for c in plan.done.values()), default=0), 0.0, str(plan.state_file))
@@ -324,7 +325,7 @@ class _Sender:
 
 def _batches(items: list[tuple[Any, str, str]], max_bytes: int) -> Iterator[list[tuple[Any, str, str]]]:
     """Consecutive runs of at most MAX_BATCH items whose request stays under the server's message limit
-    (LATCHKEY_PERMISSIONS_MAX_MESSAGE_BYTES, 64 KiB by default: less than 1,000 grants)."""
+    (LATCHKEY_PERMISSIONS_MAX_MESSAGE_BYTES, 1 MiB by default: a full chunk of 1,000 fits)."""
     part: list[tuple[Any, str, str]] = []
     size = 0
     for item in items:

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from latchkit import endpoints
 from latchkit.bus import BusSettings
-from latchkit.settings import ServerSettings, env_float, env_int, env_str
+from latchkit.settings import ServerSettings, SettingsError, env_float, env_int, env_str
 
 MAX_MESSAGE_BYTES = 1024 * 1024
 DEFAULT_DSN = "postgresql://latchkey@127.0.0.1:25432/latchkey"
+RELAY_MODES = ("process", "task")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class PermissionsSettings:
     write_queue_budget_ms: int = 1000
     """LATCHKEY_WRITE_QUEUE_BUDGET_MS: a write that would wait longer than this for the database is
     refused at once with RESOURCE_EXHAUSTED and a retry delay."""
+    relay_mode: str = "task"
+    """LATCHKEY_OUTBOX_RELAY: `process` (the environment's default): `python -m services.permissions`
+    runs the relay in a child process of its own, off the request loop; `task`: in the server's
+    own loop, as a background job. Settings built in code (tests and tools that build the app
+    in-process, with no child to start) default to `task`."""
 
     @classmethod
     def from_env(cls) -> PermissionsSettings:
@@ -48,4 +54,12 @@ class PermissionsSettings:
             relay_batch=env_int("LATCHKEY_OUTBOX_BATCH", 256, minimum=1),
             write_group_max=env_int("LATCHKEY_WRITE_GROUP_MAX", 32, minimum=1, maximum=32),
             write_queue_budget_ms=env_int("LATCHKEY_WRITE_QUEUE_BUDGET_MS", 1000, minimum=1),
+            relay_mode=relay_mode(),
         )
+
+
+def relay_mode() -> str:
+    mode = env_str("LATCHKEY_OUTBOX_RELAY", "process").strip().lower()
+    if mode not in RELAY_MODES:
+        raise SettingsError(f"LATCHKEY_OUTBOX_RELAY={mode!r} is not one of {', '.join(RELAY_MODES)}")
+    return mode

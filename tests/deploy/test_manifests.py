@@ -59,6 +59,10 @@ DEFAULTED = {
     "LATCHKEY_NATS_DUPLICATE_WINDOW_SECONDS": "the 10-minute default covers any relay retry",
     "LATCHKEY_OUTBOX_BATCH": "tuning; default 256",
     "LATCHKEY_OUTBOX_POLL_SECONDS": "tuning; default 0.5 s (NOTIFY wakes the relay sooner)",
+    "LATCHKEY_OUTBOX_RELAY": "default process: the relay runs in a child of the permissions process, "
+                             "in the same container",
+    "LATCHKEY_PERMISSIONS_PARENT_PID": "set by the permissions service itself for the relay process it starts",
+    "LATCHKEY_PERMISSIONS_RELAY_STARTED_FD": "set by the permissions service itself for the relay process it starts",
     "LATCHKEY_PERMISSIONS_DB_POOL_SIZE": "tuning; default 20",
     "LATCHKEY_ACCESS_CACHE_TTL_SECONDS": "default 300 s",
     "LATCHKEY_ACCESS_NEGATIVE_TTL_SECONDS": "default 30 s",

@@ -37,7 +37,7 @@ def test_health_lists_every_service_serving_with_the_dependencies_it_reports(sys
     services = {s["service"]: s for s in json.loads(result.stdout)["services"]}
     assert {name: s["status"] for name, s in services.items()} == dict.fromkeys(system.targets, "SERVING")
     cql = system.backend == "cql"
-    assert set(services["permissions"]["dependencies"]) == {"postgresql", "nats"}
+    assert set(services["permissions"]["dependencies"]) == {"postgresql", "nats", "outbox_relay"}
     assert set(services["access"]["dependencies"]) == {"redis", "nats"} | ({"view"} if cql else set())
     assert set(services["audit"]["dependencies"]) == {"nats"} | ({"audit_store"} if cql else set())
     assert all(s["down"] == [] and set(s["dependencies"].values()) == {"SERVING"} for s in services.values())

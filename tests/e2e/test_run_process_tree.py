@@ -87,7 +87,7 @@ def start(env) -> tuple[subprocess.Popen, list[int]]:
 
 
 def tree(pids: list[int]) -> list[int]:
-    """The services and their own children (access's second worker)."""
+    """The services and their own children (access's second worker, the permissions outbox relay)."""
     return pids + [c for p in pids for c in children(p)]
 
 
@@ -95,7 +95,7 @@ def test_a_second_run_refuses_to_start_and_sigterm_stops_everything(run_env):
     # 1. One instance serves.
     first, services = start(run_env)
     everything = tree(services)
-    assert len(everything) == 4  # permissions, access and its worker, audit
+    assert len(everything) == 5  # permissions and its relay, access and its worker, audit
     # 2. A second one says why it cannot start, starts nothing, and leaves the first serving.
     second = subprocess.run([*LATCHKEY, "run"], env=run_env, cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=60)

@@ -18,6 +18,12 @@
   become visible at commit, so a later id can commit first and a "last seen"
   cursor would skip the earlier one for good. The table itself is the queue,
   and a late commit can never be skipped.
+- Stopping: `stop()` lets the round in flight finish (published and deleted)
+  before it cancels the relay, so a graceful stop re-publishes nothing; a
+  cancel or a kill mid-round is safe too (the rows stay, see above).
+- Its own process by default (`services/permissions/relay.py`): its gauges are
+  kept per process and read as the live maximum, so the permissions metrics
+  endpoint shows the relay child's values, not the main process's zeros.
 - Tracing on: a row that kept its write's `traceparent` is published under a
   producer span child of it, and the message carries the span's `traceparent`
   header (docs/tracing.md). Off, the round is what it always was.
@@ -39,10 +45,15 @@ from services.permissions.adapters.postgres import NOTIFY_CHANNEL
 
 log = logging.getLogger("latchkey.permissions.relay")
 RELAY_LOCK_KEY = 740_1001
-BACKLOG = Gauge("latchkey_outbox_backlog", "Outbox rows not yet acknowledged by JetStream")
+# "livemax": in prometheus multiprocess mode (latchkit/metrics_files.py) the endpoint shows the
+# largest value of the live processes; the main process, which imports this module but does not
+# relay, holds zeros, and a dead relay's files are removed when it is reaped (relay.py).
+BACKLOG = Gauge("latchkey_outbox_backlog", "Outbox rows not yet acknowledged by JetStream",
+                multiprocess_mode="livemax")
 PUBLISH_LAG = Histogram("latchkey_outbox_publish_lag_seconds", "Commit to JetStream PubAck",
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5, 30))
-LEADER = Gauge("latchkey_outbox_relay_leader", "1 while this process leads the relay")
+LEADER = Gauge("latchkey_outbox_relay_leader", "1 while this process leads the relay",
+               multiprocess_mode="livemax")
 ACK_WAIT_SECONDS = 1.0
 """How long the relay waits for a round's PubAcks (pipelined: they come back together) before it
 drops the connection and retries. A
@@ -62,11 +73,37 @@ class OutboxRelay:
         self.batch = batch
         self.poll = poll_seconds
         self.is_leader = False
+        self.stopping = False
         self._wake = asyncio.Event()
+        self._round = asyncio.Lock()
+        """Held for a whole round (publish, acks, delete): `stop` waits for it."""
 
     async def run(self) -> None:
         """Forever: become leader, then relay; any failure drops leadership and retries."""
         await retry_forever("relay round", self._lead_once, log)
+
+    async def stop(self, task: asyncio.Task, grace_s: float) -> None:
+        """Cancel `task` (running `run`) once the round in flight, if any, is published and deleted.
+
+        Holding the round lock while cancelling means no new round starts; a round still
+        going after `grace_s` (a broker that stopped answering) is cancelled as it is:
+        its rows stay in the outbox for the next relay.
+        """
+        self.stopping = True
+        held = False
+        try:
+            held = await asyncio.wait_for(self._round.acquire(), grace_s)
+        except TimeoutError:
+            log.warning("the relay round did not finish in time; cancelling it", extra={"grace_seconds": grace_s})
+        try:
+            task.cancel()
+            # Bounded: a cancel swallowed by a library must not keep the process from exiting.
+            _, stuck = await asyncio.wait([task], timeout=grace_s)
+            if stuck:
+                log.warning("the relay did not stop after its cancel", extra={"grace_seconds": grace_s})
+        finally:
+            if held:
+                self._round.release()
 
     async def _lead_once(self, backoff: Backoff) -> None:
         try:
@@ -93,7 +130,8 @@ class OutboxRelay:
         while True:
             bus.raise_if_cancelled()
             self._wake.clear()
-            published = await self.publish_round(conn, js)
+            async with self._round:
+                published = await self.publish_round(conn, js)
             backoff.reset()  # a round went through: the next outage starts from the shortest wait
             if published == self.batch:
                 continue
