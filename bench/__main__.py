@@ -1,8 +1,8 @@
 """`make bench`: every service's benchmark on one private local stack.
 
 Each `bench/<area>_bench.py` exposes `async def run(...) -> dict` of rows
-`{name: {metric: value}}`. This runner starts the stack and a PKI, runs each
-module, prints one table per area and writes everything to
+`{name: {metric: value}}` (or `{section: rows}`: a table per section). This runner
+starts the stack and a PKI, runs each module, prints its tables and writes everything to
 bench-results/bench-<timestamp>.json. Figures are to be quoted as ratios
 against the echo floor measured in the same run. `python -m bench access --tracing`
 adds Unlock's rows with tracing off and on.
@@ -31,8 +31,8 @@ from latchkit.settings import REPO_ROOT
 AREAS = ("access", "permissions", "audit", "cql")
 
 
-def _table(area: str, rows: dict) -> Table:
-    table = Table(title=f"{area} benchmark")
+def _table(title: str, rows: dict) -> Table:
+    table = Table(title=title)
     metrics: list[str] = []
     for values in rows.values():
         for key in values if isinstance(values, dict) else ():
@@ -53,6 +53,16 @@ def _table(area: str, rows: dict) -> Table:
             cells.append(f"{value:.3f}" if isinstance(value, float) else str(value))
         table.add_row(name, *cells)
     return table
+
+
+def _sections(area: str, rows: dict) -> list[tuple[str, dict]]:
+    """An area's rows as one table, or one table per section when it returns {section: rows}
+    (rows that share few metrics read better apart than as one table of mostly empty cells)."""
+    def is_rows(value) -> bool:
+        return isinstance(value, dict) and bool(value) and all(isinstance(v, dict) for v in value.values())
+    if rows and all(is_rows(v) for v in rows.values()):
+        return [(f"{area} benchmark: {section.replace('_', ' ')}", part) for section, part in rows.items()]
+    return [(f"{area} benchmark", rows)]
 
 
 async def _run_area(area: str, stack: Stack, pki_dir: Path, state_dir: Path, tracing: bool) -> dict | None:
@@ -93,7 +103,8 @@ async def main(selected: list[str], tracing: bool = False) -> int:
                 console.print(f"[yellow]{area}: no benchmark module yet[/yellow]")
                 continue
             results["areas"][area] = rows
-            console.print(_table(area, rows))
+            for title, part in _sections(area, rows):
+                console.print(_table(title, part))
     finally:
         stack.down()
         shutil.rmtree(state, ignore_errors=True)
