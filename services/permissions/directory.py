@@ -11,7 +11,7 @@ from access_rules.rules import Window
 from latchkit.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.permissions import effective
 from services.permissions.domain import Door, Group, Page, Schedule, User
-from services.permissions.ports import PermissionsStore, UnitOfWork
+from services.permissions.ports import PermissionsStore, Together, UnitOfWork
 from services.permissions.service import (
     Idempotent,
     Replayed,
@@ -43,9 +43,14 @@ class Directory(UseCases):
     # ---- users -----------------------------------------------------------------
     async def create_user(self, display_name: str, email: str, external_id: str,
                           idempotent: Idempotent | None = None) -> Written[User] | Replayed:
+        new = NewUser(display_name, email, external_id)
+
         async def work(uow: UnitOfWork) -> User:
-            return (await self._insert_users(uow, [NewUser(display_name, email, external_id)], SINGLE))[0]
-        return await self._write(work, idempotent)
+            return (await self._insert_users(uow, [new], SINGLE))[0]
+        return await self._write(work, idempotent, Together("user", new, self._users_together))
+
+    async def _users_together(self, uow: UnitOfWork, new: list[NewUser]) -> list[User]:
+        return await self._insert_users(uow, new, SINGLE if len(new) == 1 else Items("requests"))
 
     async def create_users(self, new: list[NewUser],
                            idempotent: Idempotent | None = None) -> Written[list[User]] | Replayed:

@@ -10,7 +10,7 @@ from latchkit import secret_hash
 from latchkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.permissions import effective
 from services.permissions.domain import Credential, Grant, MissingReference, Page
-from services.permissions.ports import UnitOfWork
+from services.permissions.ports import Together, UnitOfWork
 from services.permissions.service import (
     Idempotent,
     Replayed,
@@ -85,7 +85,10 @@ class Entitlements(UseCases):
 
         async def work(uow: UnitOfWork) -> Grant:
             return (await self._insert_grants(uow, new, SINGLE))[0]
-        return await self._write(work, idempotent)
+        return await self._write(work, idempotent, Together("grant", new[0], self._grants_together))
+
+    async def _grants_together(self, uow: UnitOfWork, new: list[NewGrant]) -> list[Grant]:
+        return await self._insert_grants(uow, new, SINGLE if len(new) == 1 else Items("requests"))
 
     async def grant_many(self, new: list[NewGrant],
                          idempotent: Idempotent | None = None) -> Written[list[Grant]] | Replayed:
@@ -126,7 +129,11 @@ class Entitlements(UseCases):
         """Revoking an already revoked grant is FAILED_PRECONDITION."""
         async def work(uow: UnitOfWork) -> Grant:
             return (await self._revoke_grants(uow, [grant_id], SINGLE))[0]
-        return await self._write(work)
+        return await self._write(work, None, Together("revoke", grant_id, self._revokes_together))
+
+    async def _revokes_together(self, uow: UnitOfWork, grant_ids: list[str]) -> list[Grant]:
+        return await self._revoke_grants(uow, grant_ids,
+                                         SINGLE if len(grant_ids) == 1 else Items("grant_ids", nested=False))
 
     async def revoke_many(self, grant_ids: list[str],
                           idempotent: Idempotent | None = None) -> Written[list[Grant]] | Replayed:

@@ -182,15 +182,35 @@ class Committed(Generic[T]):
     it has seen (its answer is true as of that revision)."""
 
 
+A = TypeVar("A")
+
+
+@dataclass(frozen=True, slots=True)
+class Together(Generic[A, T]):
+    """How a write may run together with others of its `kind` in one set-based call.
+
+    `run_all(uow, items)` does what the writes of `items` would each do, all or nothing, and
+    returns one value per item, in order; `run_all(uow, [item])` is the write itself. An adapter
+    that groups writes may run several of one kind (and one caller) with one call: a round trip
+    for all of them instead of one each. If that call fails, it runs them one by one, so only the
+    write that is wrong fails."""
+
+    kind: str
+    item: A
+    run_all: Callable[[UnitOfWork, list[A]], Awaitable[list[T]]]
+
+
 class UnitOfWorkFactory(Protocol):
-    async def write(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> Committed[T]:
+    async def write(self, work: Callable[[UnitOfWork], Awaitable[T]],
+                    together: Together[Any, T] | None = None) -> Committed[T]:
         """Run `work` in a write transaction and commit it (or, if it raises, nothing of it).
 
         A revision is a commit, not a write: an adapter may run the works of concurrent
         callers one after the other in one transaction (group commit), so they share its
         revision; one work's error never fails another's. The work may run in another task
         than the caller's, in a copy of the caller's context. Past capacity it raises
-        `ResourceExhausted` before running the work."""
+        `ResourceExhausted` before running the work. `together`: see `Together` (an adapter
+        may ignore it and run `work`)."""
 
     def read(self, *, snapshot: bool = False) -> AbstractAsyncContextManager[UnitOfWork]:
         """A read-only transaction; `snapshot`: every read sees one moment (with `store.revision()`)."""

@@ -36,6 +36,7 @@ from services.permissions.domain import (
 from services.permissions.ports import (
     PermissionsStore,
     StoredResponse,
+    Together,
     UnitOfWork,
     UnitOfWorkFactory,
 )
@@ -115,15 +116,20 @@ class UseCases:
 
     @overload
     async def _write(self, work: Callable[[UnitOfWork], Awaitable[T]],
-                     idempotent: None = None) -> Written[T]: ...
+                     idempotent: None = None, together: Together[Any, T] | None = None) -> Written[T]: ...
 
     @overload
     async def _write(self, work: Callable[[UnitOfWork], Awaitable[T]],
-                     idempotent: Idempotent | None) -> Written[T] | Replayed: ...
+                     idempotent: Idempotent | None, together: Together[Any, T] | None = None
+                     ) -> Written[T] | Replayed: ...
 
     async def _write(self, work: Callable[[UnitOfWork], Awaitable[T]],
-                     idempotent: Idempotent | None = None) -> Written[T] | Replayed:
-        """The write; without a request_id it is always `Written`, with one a retry is `Replayed`."""
+                     idempotent: Idempotent | None = None,
+                     together: Together[Any, T] | None = None) -> Written[T] | Replayed:
+        """The write; without a request_id it is always `Written`, with one a retry is `Replayed`.
+
+        `together` (`ports.Together`) lets it run in one call with others of its kind; a write
+        with a request_id always runs on its own (its stored answer is its own)."""
         key = idempotent if idempotent is not None and idempotent.request_id else None
         digest = request_hash(self.hmac_key, key.method, key.request) if key else b""
 
@@ -139,6 +145,9 @@ class UseCases:
                                            key.encode(value, uow.revision), digest)
             return value
 
+        if key is None and together is not None:
+            alone = await self.uow.write(work, together)
+            return Written(alone.value, alone.revision)
         done = await self.uow.write(attempt)
         value = done.value
         if isinstance(value, _Replay):

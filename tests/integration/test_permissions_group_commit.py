@@ -75,12 +75,14 @@ async def queued_behind_a_held_lock(service, first, then: list) -> tuple[asyncio
         return bool(row and row[0] == 1)
 
     await until(first_waits_on_the_lock, "the first write to wait on the revision lock")
-    rest = [asyncio.ensure_future(call()) for call in then]
+    rest: list[asyncio.Future] = []
+    for call in then:  # one after the other, so they queue in this order
+        rest.append(asyncio.ensure_future(call()))
 
-    async def all_queued() -> bool:
-        return writes.waiting == len(rest)
+        async def queued(count: int = len(rest)) -> bool:
+            return writes.waiting == count
 
-    await until(all_queued, f"{len(rest)} writes to queue behind it")
+        await until(queued, f"write {len(rest)} to queue behind it")
     return head, rest
 
 
@@ -169,18 +171,19 @@ async def test_two_writes_on_one_pair_never_share_a_revision(urls, pki):
     async with service_with(urls, pki, write_queue_budget_ms=60_000) as (service, admin):
         user, other = await new_user(admin), await new_user(admin)
         door, second_door = await new_door(admin), await new_door(admin)
+        old = await grant(admin, user.user_id, door.door_id)()
         async with revision_lock_held(service.dsn):
-            head, (same_1, same_2, elsewhere) = await queued_behind_a_held_lock(
+            head, (revoking, granting, elsewhere) = await queued_behind_a_held_lock(
                 service, grant(admin, other.user_id, door.door_id), [
-                    grant(admin, user.user_id, door.door_id),
+                    lambda: admin.RevokeAccess(pm.RevokeAccessRequest(grant_id=old.grant.grant_id)),
                     grant(admin, user.user_id, door.door_id),
                     grant(admin, other.user_id, second_door.door_id)])
         await head
-        one, two, third = await same_1, await same_2, await elsewhere
+        revoked, granted, third = await revoking, await granting, await elsewhere
         rows = await outbox(service.dsn)
 
-    assert one.revision != two.revision
-    assert third.revision == one.revision  # a different pair still joins the group
+    assert granted.revision == revoked.revision + 1  # the second runs first in the next transaction
+    assert third.revision == granted.revision  # ... where a write on another pair joins it
     latest = {}
     for events in events_by_revision(rows).values():
         for e in events:
@@ -189,7 +192,53 @@ async def test_two_writes_on_one_pair_never_share_a_revision(urls, pki):
                 assert e.aggregate_version != latest.get(key, (0, None))[0]  # one change per version
                 latest[key] = (e.aggregate_version, e.access_changed)
     newest = latest[(door.door_id, user.user_id)][1]
-    assert len(newest.rules) == 2  # the later revision's state holds both grants
+    assert [r.grant_id for r in newest.rules] == [granted.grant.grant_id]  # revoked first, then granted
+
+
+async def test_writes_of_one_kind_run_as_one_call_and_one_change_per_pair(urls, pki):
+    """Grants queued together from one caller are inserted together; on one pair, one AccessChanged."""
+    async with service_with(urls, pki, write_queue_budget_ms=60_000) as (service, admin):
+        user, other = await new_user(admin), await new_user(admin)
+        door, second_door = await new_door(admin), await new_door(admin)
+        async with revision_lock_held(service.dsn):
+            head, calls = await queued_behind_a_held_lock(
+                service, grant(admin, other.user_id, door.door_id),
+                [grant(admin, user.user_id, door.door_id), grant(admin, user.user_id, door.door_id),
+                 grant(admin, other.user_id, second_door.door_id)])
+        await head
+        answers = [await call for call in calls]
+        rows = await outbox(service.dsn)
+
+    assert len({answer.revision for answer in answers}) == 1
+    changes = [e.access_changed for e in events_by_revision(rows)[answers[0].revision]
+               if e.WhichOneof("payload") == "access_changed" and e.access_changed.user_id == user.user_id]
+    assert len(changes) == 1
+    assert sorted(r.grant_id for r in changes[0].rules) == sorted(a.grant.grant_id for a in answers[:2])
+
+
+async def test_a_wrong_write_in_a_call_for_many_fails_alone(urls, pki):
+    async with service_with(urls, pki, write_queue_budget_ms=60_000) as (service, admin):
+        a, b, c = await new_user(admin), await new_user(admin), await new_user(admin)
+        door = await new_door(admin)
+        async with revision_lock_held(service.dsn):
+            head, (for_a, for_b, for_c) = await queued_behind_a_held_lock(
+                service, grant(admin, c.user_id, door.door_id),
+                [grant(admin, a.user_id, door.door_id), grant(admin, b.user_id, MISSING),
+                 grant(admin, b.user_id, door.door_id)])
+        await head
+        first, last = await for_a, await for_c
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await for_b
+        rows = await outbox(service.dsn)
+
+    # The call for all three failed on the missing door; run one by one, only that one failed,
+    # with the error its single call gives.
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert missing.value.details().startswith(f"grant.door_id {MISSING}")
+    assert first.revision == last.revision
+    grants = [e.grant_changed for e in events_by_revision(rows)[first.revision]
+              if e.WhichOneof("payload") == "grant_changed"]
+    assert sorted(g.grant_id for g in grants) == sorted([first.grant.grant_id, last.grant.grant_id])
 
 
 def retry_delay_ms(error: grpc.aio.AioRpcError) -> int | None:

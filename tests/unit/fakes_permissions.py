@@ -318,7 +318,8 @@ class FakeDatabase:
     def __init__(self) -> None:
         self.state = State()
 
-    async def write(self, work: Callable[[Any], Awaitable[T]]) -> Committed[T]:
+    async def write(self, work: Callable[[Any], Awaitable[T]], together: Any = None) -> Committed[T]:
+        """Each write on its own (`together` is a permission to combine, not a duty)."""
         working = copy.deepcopy(self.state)
         working.revision += 1
         uow = FakeUnitOfWork(working, working.revision)

@@ -23,6 +23,7 @@ was queued (its RPC's server span), so the relay publishes it in that write's tr
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -46,7 +47,7 @@ from services.permissions.adapters.postgres_store import (
     PostgresPermissionsStore,
 )
 from services.permissions.migrations import sqlalchemy_url
-from services.permissions.ports import Committed
+from services.permissions.ports import Committed, Together
 
 log = logging.getLogger("latchkey.permissions.db")
 T = TypeVar("T")
@@ -182,6 +183,17 @@ async def _write_outbox_and_commit(conn: psycopg.AsyncConnection, revision: int,
             "payloads": payloads, "traceparents": traceparents})
 
 
+def _units(group: list[write_queue.Pending]) -> list[list[write_queue.Pending]]:
+    """The group as it runs: next writes of one kind and caller together (one call), others alone."""
+    units: list[list[write_queue.Pending]] = []
+    for item in group:
+        if units and item.together_key is not None and units[-1][0].together_key == item.together_key:
+            units[-1].append(item)
+        else:
+            units.append([item])
+    return units
+
+
 def _connection_lost(exc: BaseException) -> bool:
     """The transaction cannot go on (as opposed to one statement's error, which a savepoint undoes)."""
     return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, OSError, sa_exc.OperationalError,
@@ -251,9 +263,13 @@ class Database:
                     await uow.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 yield uow
 
-    async def write(self, work: Callable[[PostgresUnitOfWork], Awaitable[T]]) -> Committed[T]:
-        """`ports.UnitOfWorkFactory.write`: the work joins the next group commit."""
-        committed: Committed[T] = await self.writes.submit(work)
+    async def write(self, work: Callable[[PostgresUnitOfWork], Awaitable[T]],
+                    together: Together[Any, T] | None = None) -> Committed[T]:
+        """`ports.UnitOfWorkFactory.write`: the work joins the next group commit. Writes of one
+        `together.kind` from one caller that meet in a group run as one set-based call (their
+        events then carry that caller, and the trace of the first of them)."""
+        key = (together.kind, actor()) if together is not None else None
+        committed: Committed[T] = await self.writes.submit(work, together, key)
         return committed
 
     async def _run_group(self, group: list[write_queue.Pending]) -> None:
@@ -292,21 +308,25 @@ class Database:
             kept = False  # the last write kept changes after the savepoint: move it past them
             keys: set[str] = set()  # the aggregates this transaction's events are about
             deferred: list[write_queue.Pending] = []
-            for item in group:
-                if item.future.done():  # its caller gave up before it ran
+            units = collections.deque(_units(group))
+            while units:
+                unit = [item for item in units.popleft() if not item.future.done()]  # gone: its caller gave up
+                if not unit:
                     continue
                 if kept:
                     await conn.execute(NEXT_SAVEPOINT)
                     kept = False
                 uow = PostgresUnitOfWork(conn, revision)
                 try:
-                    value = await item.run(uow)
+                    values = await unit[0].run_all(uow, unit) if len(unit) > 1 else [await unit[0].run(uow)]
                 except Exception as exc:
                     if _connection_lost(exc) or not shared:
                         raise  # the whole transaction is lost (or was only this write): nothing commits
                     await conn.execute(ROLLBACK_TO_SAVEPOINT)
-                    if not item.future.done():
-                        item.future.set_exception(_for_caller(exc))
+                    if len(unit) > 1:  # one of them is wrong: each on its own, so only that one fails
+                        units.extendleft([item] for item in reversed(unit))
+                    elif not unit[0].future.done():
+                        unit[0].future.set_exception(_for_caller(exc))
                     continue
                 if uow.cancelled or not uow.events:
                     if shared:  # a replay or a no-op leaves nothing, as on its own
@@ -315,15 +335,15 @@ class Database:
                     mine = {event.aggregate_key for event in uow.events}
                     if mine & keys:
                         # Consumers apply an aggregate's events by version (= revision): two writes
-                        # of one revision on the same aggregate could not be told apart. This one
-                        # runs again, first in the next transaction, with the next revision.
+                        # of one revision on the same aggregate could not be told apart. These run
+                        # again, first in the next transaction, with the next revision.
                         await conn.execute(ROLLBACK_TO_SAVEPOINT)
-                        deferred.append(item)
+                        deferred.extend(unit)
                         continue
                     keys |= mine
                     events.extend(uow.events)
                     kept = True
-                answered.append((item, value))
+                answered.extend(zip(unit, values, strict=True))
             self.writes.defer(deferred)
             if events:
                 await _write_outbox_and_commit(conn, revision, events)

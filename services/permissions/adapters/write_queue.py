@@ -52,11 +52,21 @@ class Pending(Generic[T]):
     started: bool = field(default=False)
     deferred: bool = field(default=False)
     """Back in the queue for the next group: whatever happens to this one is not its outcome."""
+    together: Any = None
+    """`ports.Together`, if it may run in one call with others of its kind."""
+    together_key: Any = None
+    """Writes with equal keys may run in one call (the adapter sets it: kind, caller)."""
 
     def run(self, uow: Any) -> asyncio.Task:
         """The work as a task in its caller's context."""
         async def call() -> T:
             return await self.work(uow)
+        return asyncio.get_running_loop().create_task(call(), context=self.context)
+
+    def run_all(self, uow: Any, unit: list[Pending]) -> asyncio.Task:
+        """`together.run_all` for the items of `unit` (this one first), in this write's context."""
+        async def call() -> list:
+            return list(await self.together.run_all(uow, [item.together.item for item in unit]))
         return asyncio.get_running_loop().create_task(call(), context=self.context)
 
 
@@ -88,11 +98,13 @@ class WriteQueue:
         return len(self._queue)
 
     # ---- callers -------------------------------------------------------------
-    async def submit(self, work: Callable[[Any], Awaitable[T]]) -> Any:
+    async def submit(self, work: Callable[[Any], Awaitable[T]], together: Any = None,
+                     together_key: Any = None) -> Any:
         """What `run_group` set for this write (the value and revision), or its error."""
         self._admit()
         loop = asyncio.get_running_loop()
-        item: Pending[T] = Pending(work, contextvars.copy_context(), loop.create_future(), self._clock())
+        item: Pending[T] = Pending(work, contextvars.copy_context(), loop.create_future(), self._clock(),
+                                   together=together, together_key=together_key)
         item.timer = loop.call_later(self.max_wait_s, self._expire, item)
         self._queue.append(item)
         self._start(loop)
