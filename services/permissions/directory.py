@@ -47,7 +47,7 @@ class Directory(UseCases):
 
         async def work(uow: UnitOfWork) -> User:
             return (await self._insert_users(uow, [new], SINGLE))[0]
-        return await self._write(work, idempotent, Together("user", new, self._users_together))
+        return await self._write(work, idempotent, Together("user", new, self._users_together, lambda user: user.user_id))
 
     async def _users_together(self, uow: UnitOfWork, new: list[NewUser]) -> list[User]:
         return await self._insert_users(uow, new, SINGLE if len(new) == 1 else Items("requests"))

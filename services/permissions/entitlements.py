@@ -35,6 +35,11 @@ class NewGrant:
     schedule_id: str
 
 
+def _pair(grant: Grant) -> str | None:
+    """The one pair a direct grant changes; a group's grant changes its members' (unknown here)."""
+    return f"{grant.door_id}/{grant.user_id}" if grant.user_id else None
+
+
 def _check_windows(new: list[NewGrant], names: Items) -> None:
     for i, n in enumerate(new):
         if n.valid_from and n.valid_until and n.valid_until <= n.valid_from:
@@ -85,7 +90,7 @@ class Entitlements(UseCases):
 
         async def work(uow: UnitOfWork) -> Grant:
             return (await self._insert_grants(uow, new, SINGLE))[0]
-        return await self._write(work, idempotent, Together("grant", new[0], self._grants_together))
+        return await self._write(work, idempotent, Together("grant", new[0], self._grants_together, _pair))
 
     async def _grants_together(self, uow: UnitOfWork, new: list[NewGrant]) -> list[Grant]:
         return await self._insert_grants(uow, new, SINGLE if len(new) == 1 else Items("requests"))
@@ -129,7 +134,7 @@ class Entitlements(UseCases):
         """Revoking an already revoked grant is FAILED_PRECONDITION."""
         async def work(uow: UnitOfWork) -> Grant:
             return (await self._revoke_grants(uow, [grant_id], SINGLE))[0]
-        return await self._write(work, None, Together("revoke", grant_id, self._revokes_together))
+        return await self._write(work, None, Together("revoke", grant_id, self._revokes_together, _pair))
 
     async def _revokes_together(self, uow: UnitOfWork, grant_ids: list[str]) -> list[Grant]:
         return await self._revoke_grants(uow, grant_ids,

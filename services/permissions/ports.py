@@ -198,6 +198,10 @@ class Together(Generic[A, T]):
     kind: str
     item: A
     run_all: Callable[[UnitOfWork, list[A]], Awaitable[list[T]]]
+    touches: Callable[[T], str | None]
+    """The pair (or other aggregate) a write's value shows it changed; None when the value cannot
+    tell (a grant to a group). Writes run together only when each names its own: two changes
+    to one aggregate never share a revision (consumers order them by revision)."""
 
 
 class UnitOfWorkFactory(Protocol):

@@ -58,6 +58,7 @@ SAVEPOINT = "SAVEPOINT write"
 NEXT_SAVEPOINT = "RELEASE SAVEPOINT write; SAVEPOINT write"
 ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT write"
 MAX_GROUP = 32
+WRITER_CONNECT_TIMEOUT_S = 5
 # The events and the relay's wake-up in one statement (a data-modifying CTE always runs).
 # Each row keeps its write's trace (NULL when tracing is off).
 OUTBOX_INSERT = (
@@ -183,6 +184,10 @@ async def _write_outbox_and_commit(conn: psycopg.AsyncConnection, revision: int,
             "payloads": payloads, "traceparents": traceparents})
 
 
+class _StaleWriter(psycopg.OperationalError):
+    """The write connection failed on the transaction's first statement: no write has run."""
+
+
 def _units(group: list[write_queue.Pending]) -> list[list[write_queue.Pending]]:
     """The group as it runs: next writes of one kind and caller together (one call), others alone."""
     units: list[list[write_queue.Pending]] = []
@@ -246,6 +251,11 @@ class Database:
             raise ValueError(f"max_group must be 1..{MAX_GROUP}, not {max_group}")
         self.writes = write_queue.WriteQueue(self._run_group, max_group=max_group,
                                              budget_s=queue_budget_s)
+        # The write groups run one at a time, so they keep one connection of their own: no pool
+        # checkout or pre-ping per transaction. A connection that failed is dropped, and the next
+        # group opens a new one (a database restart costs only the group in flight).
+        self._dsn = dsn
+        self._writer: psycopg.AsyncConnection | None = None
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
@@ -276,8 +286,18 @@ class Database:
         """One transaction for the group; settles every write's future (the queue's contract)."""
         try:
             with translate_errors():
-                async with self._connection() as conn:
-                    await self._group_transaction(conn, group)
+                try:
+                    try:
+                        await self._group_transaction(await self._writer_connection(), group)
+                    except _StaleWriter:
+                        # Dead before any write ran (the database restarted since the last group):
+                        # nothing was done, so the group starts again on a new connection, once.
+                        await self._drop_writer()
+                        await self._group_transaction(await self._writer_connection(), group)
+                except BaseException as exc:
+                    if _connection_lost(exc):
+                        await self._drop_writer()
+                    raise
         except BaseException as exc:
             # Nothing of the group committed: every write not yet answered gets the error.
             error = (exc if isinstance(exc, ServiceError) or not _connection_lost(exc)
@@ -288,21 +308,35 @@ class Database:
             if not isinstance(exc, Exception):
                 raise
 
+    async def _writer_connection(self) -> psycopg.AsyncConnection:
+        if self._writer is None or self._writer.closed or self._writer.broken:
+            self._writer = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True,
+                                                                 connect_timeout=WRITER_CONNECT_TIMEOUT_S)
+        return self._writer
+
+    async def _drop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await writer.close()
+
     async def _group_transaction(self, conn: psycopg.AsyncConnection, group: list[write_queue.Pending]) -> None:
-        # The transaction is driven by hand so that BEGIN and the revision travel in one
-        # round trip (a parameterless multi-statement query); in autocommit mode psycopg
-        # sends no BEGIN of its own. Every write pays each round trip under the revision
-        # lock, so each one saved is throughput as well as latency.
-        await conn.set_autocommit(True)  # local: no round trip
+        # The transaction is driven by hand (the connection is in autocommit mode, so psycopg
+        # sends no BEGIN of its own) so that BEGIN and the revision travel in one round trip
+        # (a parameterless multi-statement query). Every write pays each round trip under
+        # the revision lock, so each one saved is throughput as well as latency.
         shared = len(group) > 1
         try:
-            async with conn.cursor() as cur:
-                await cur.execute(BEGIN_AND_TAKE_REVISION + (f"; {SAVEPOINT}" if shared else ""))
-                cur.nextset()  # past BEGIN's result to the UPDATE's
-                taken = await cur.fetchone()
-                if taken is None:
-                    raise MissingRow(BEGIN_AND_TAKE_REVISION)
-                revision: int = taken[0]
+            try:
+                async with conn.cursor() as cur:
+                    await cur.execute(BEGIN_AND_TAKE_REVISION + (f"; {SAVEPOINT}" if shared else ""))
+                    cur.nextset()  # past BEGIN's result to the UPDATE's
+                    taken = await cur.fetchone()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                raise _StaleWriter() from exc
+            if taken is None:
+                raise MissingRow(BEGIN_AND_TAKE_REVISION)
+            revision: int = taken[0]
             events: list[QueuedEvent] = []
             answered: list[tuple[write_queue.Pending, Any]] = []
             kept = False  # the last write kept changes after the savepoint: move it past them
@@ -328,6 +362,14 @@ class Database:
                     elif not unit[0].future.done():
                         unit[0].future.set_exception(_for_caller(exc))
                     continue
+                if len(unit) > 1:
+                    touched = [unit[0].together.touches(value) for value in values]
+                    if None in touched or len(set(touched)) < len(touched):
+                        # Two of them changed one aggregate (or one cannot tell): one by one, so
+                        # they get revisions of their own.
+                        await conn.execute(ROLLBACK_TO_SAVEPOINT)
+                        units.extendleft([item] for item in reversed(unit))
+                        continue
                 if uow.cancelled or not uow.events:
                     if shared:  # a replay or a no-op leaves nothing, as on its own
                         await conn.execute(ROLLBACK_TO_SAVEPOINT)
@@ -360,9 +402,6 @@ class Database:
                 with contextlib.suppress(psycopg.Error):
                     await conn.execute("ROLLBACK")
             raise
-        finally:
-            if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                await conn.set_autocommit(False)
 
     async def warm(self) -> None:
         """Open the pool's connections before the first burst of writes needs them.
@@ -385,6 +424,7 @@ class Database:
 
         try:
             await asyncio.wait_for(asyncio.gather(*(hold() for _ in range(size))), timeout=30)
+            await self._writer_connection()
         except Exception as exc:  # a warm-up only: any failure leaves the pool lazy
             all_open.set()
             log.warning("could not open the database pool ahead of use", extra={"error": repr(exc)})
@@ -395,4 +435,5 @@ class Database:
 
     async def close(self) -> None:
         await self.writes.close()
+        await self._drop_writer()
         await self.engine.dispose()
