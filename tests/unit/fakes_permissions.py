@@ -11,6 +11,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as dt
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,6 +33,19 @@ from services.permissions.domain import (
 from services.permissions.ports import Committed, StoredResponse
 
 T = TypeVar("T")
+KEY = b"k" * 32
+T0 = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)  # a Monday
+UNKNOWN = "00000000-0000-4000-8000-000000000000"
+
+
+class Ids:
+    """Ids in creation order, so pages and events read predictably."""
+
+    def __init__(self) -> None:
+        self.n = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"00000000-0000-4000-8000-{next(self.n):012d}"
 
 
 @dataclass

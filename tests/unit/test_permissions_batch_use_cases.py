@@ -6,22 +6,11 @@ import pytest
 from latchkey.events.v1 import events_pb2 as ev
 
 from latchkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from services.permissions.directory import Directory, NewUser
-from services.permissions.entitlements import Entitlements, NewGrant
+from services.permissions.directory import NewUser
+from services.permissions.entitlements import NewGrant
 from services.permissions.service import Idempotent, Replayed, Written
-from tests.unit.fakes_permissions import FakeDatabase
-from tests.unit.test_permissions_use_cases import KEY, T0, UNKNOWN, Ids, events_of
-
-
-@pytest.fixture
-def db() -> FakeDatabase:
-    return FakeDatabase()
-
-
-@pytest.fixture
-def use_cases(db):
-    ids = Ids()
-    return (Directory(db, KEY, clock=lambda: T0, ids=ids), Entitlements(db, KEY, clock=lambda: T0, ids=ids))
+from tests.unit.fakes_permissions import T0, UNKNOWN, FakeDatabase
+from tests.unit.test_permissions_use_cases import events_of
 
 
 def to_user(user_id: str, door_id: str) -> NewGrant:

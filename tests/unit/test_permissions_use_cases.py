@@ -3,42 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 
 import pytest
 from latchkey.events.v1 import events_pb2 as ev
 
 from access_rules.rules import Reason, Window
 from latchkit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from services.permissions.directory import Directory
-from services.permissions.entitlements import Entitlements
 from services.permissions.service import Idempotent, Replayed, Written
-from tests.unit.fakes_permissions import FakeDatabase
-
-KEY = b"k" * 32
-T0 = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)  # a Monday
-UNKNOWN = "00000000-0000-4000-8000-000000000000"
-
-
-class Ids:
-    """Ids in creation order, so pages and events read predictably."""
-
-    def __init__(self) -> None:
-        self.n = itertools.count(1)
-
-    def __call__(self) -> str:
-        return f"00000000-0000-4000-8000-{next(self.n):012d}"
-
-
-@pytest.fixture
-def db() -> FakeDatabase:
-    return FakeDatabase()
-
-
-@pytest.fixture
-def use_cases(db):
-    ids = Ids()
-    return (Directory(db, KEY, clock=lambda: T0, ids=ids), Entitlements(db, KEY, clock=lambda: T0, ids=ids))
+from tests.unit.fakes_permissions import T0, UNKNOWN, FakeDatabase
 
 
 def retry(request_id: str, body: bytes = b"body", method: str = "CreateUser", caller: str = "admin") -> Idempotent:
