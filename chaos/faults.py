@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chaos.system import ChaosSystem, alive, reap
+from chaos.system import ChaosSystem, alive, children, reap
 
 BALLAST = "chaos-ballast"
 
@@ -92,6 +92,33 @@ def kill_access_main() -> Fault:
         cs.start("access", wait=False)
 
     return Fault("kill access main", inject, restore)
+
+
+def kill_outbox_relay() -> Fault:
+    """The permissions service's relay child alone dies; its parent starts another."""
+    def relays(cs: ChaosSystem) -> list[int]:
+        return children(cs.system.procs["permissions"].pid)
+
+    def inject(cs: ChaosSystem, notes: dict) -> None:
+        killed = relays(cs)
+        notes["killed"] = killed
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        _wait_dead(killed)
+
+    def restore(cs: ChaosSystem, notes: dict) -> None:
+        # Nothing to do but wait for the parent: it starts a new relay by itself.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            fresh = [p for p in relays(cs) if p not in notes["killed"] and alive(p)]
+            if fresh:
+                notes["respawned"] = fresh
+                return
+            time.sleep(0.05)  # polling for a process to appear: no event announces it
+        notes["respawned"] = []
+
+    # The relay is the bus path's first hop: revocations around its death are owed after it is back.
+    return Fault("kill outbox relay", inject, restore, bus_outage=True)
 
 
 # ---- the stack ---------------------------------------------------------------------------
@@ -187,7 +214,7 @@ def spool_disk_full() -> Fault:
 def all_faults() -> list[Fault]:
     return [kill_service("access"), kill_service("audit"), kill_service("permissions"),
             kill_stack("nats"), kill_stack("redis"), kill_postgres(),
-            kill_access_worker(), kill_access_main(),
+            kill_access_worker(), kill_access_main(), kill_outbox_relay(),
             freeze_postgres(), freeze_stack("redis"), freeze_stack("nats"), spool_disk_full()]
 
 
