@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from bench.harness import percentile
+from latchkit.errors import retry_delay_s
 
 T = TypeVar("T")
 Write = Callable[[], Awaitable[Any]]
@@ -75,13 +75,7 @@ class Outcomes:
 
 def retry_delay(exc: grpc.aio.AioRpcError) -> float:
     """The google.rpc.RetryInfo delay in the status details; 0 without one."""
-    for key, value in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.RetryInfo()
-                if detail.Unpack(info):
-                    return info.retry_delay.ToTimedelta().total_seconds()
-    return 0.0
+    return retry_delay_s(exc) or 0.0
 
 
 async def closed_loop(writer: Callable[[int, Outcomes, bool], Awaitable[None]], writers: int, seconds: float,

@@ -78,6 +78,17 @@ def trailing_metadata(error: ServiceError) -> tuple[tuple[str, bytes], ...]:
     return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
+def retry_delay_s(error: grpc.RpcError) -> float | None:
+    """The google.rpc.RetryInfo delay a refusal carries (see `trailing_metadata`), or None."""
+    for key, value in getattr(error, "trailing_metadata", lambda: ())() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return info.retry_delay.ToTimedelta().total_seconds()
+    return None
+
+
 async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
     await context.abort(error.code, error.message, trailing_metadata=trailing_metadata(error))
 

@@ -378,13 +378,8 @@ def _too_large(exc) -> bool:
 
 
 def _retry_delay(exc) -> float | None:
-    """The server's google.rpc.RetryInfo delay, if its status details carry one."""
-    from google.rpc import error_details_pb2, status_pb2
+    """The server's google.rpc.RetryInfo delay, if its status details carry one (capped)."""
+    from latchkit.errors import retry_delay_s
 
-    for key, value in (exc.trailing_metadata() or ()):
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.RetryInfo()
-                if detail.Unpack(info):
-                    return min(info.retry_delay.ToTimedelta().total_seconds(), MAX_RETRY_WAIT)
-    return None
+    delay = retry_delay_s(exc)
+    return None if delay is None else min(delay, MAX_RETRY_WAIT)

@@ -15,11 +15,11 @@ import uuid
 import grpc
 import psycopg
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from latchkey.permissions.v1 import permissions_pb2 as pm
 from latchkey.permissions.v1 import permissions_pb2_grpc
 
 from latchkit import envelope
+from latchkit.errors import retry_delay_s
 from tests.integration.conftest import aio_channel, start_permissions
 from tests.integration.test_permissions_consistency import outbox
 from tests.waiting import until
@@ -244,13 +244,8 @@ async def test_a_wrong_write_in_a_call_for_many_fails_alone(urls, pki):
 
 
 def retry_delay_ms(error: grpc.aio.AioRpcError) -> int | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.RetryInfo()
-                if detail.Unpack(info):
-                    return info.retry_delay.ToMilliseconds()
-    return None
+    delay = retry_delay_s(error)
+    return None if delay is None else round(delay * 1000)
 
 
 async def test_past_the_time_budget_writes_are_refused_at_once_and_reads_still_answer(urls, pki):

@@ -205,12 +205,16 @@ def _connection_lost(exc: BaseException) -> bool:
                             sa_exc.InterfaceError, asyncio.CancelledError))
 
 
+def _conflict(exc: sa_exc.IntegrityError | psycopg.errors.IntegrityError) -> FailedPrecondition:
+    """The database's last word on a constraint (the checks in the use cases run first)."""
+    diag = getattr(getattr(exc, "orig", exc), "diag", None)
+    constraint = getattr(diag, "constraint_name", None) or "a constraint"
+    return FailedPrecondition(f"the change conflicts with the current state ({constraint})")
+
+
 def _for_caller(exc: Exception) -> Exception:
-    """One write's error as its caller gets it (the database's last word on a constraint included)."""
-    if isinstance(exc, psycopg.errors.IntegrityError):
-        constraint = exc.diag.constraint_name or "a constraint"
-        return FailedPrecondition(f"the change conflicts with the current state ({constraint})")
-    return exc
+    """One write's error as its caller gets it."""
+    return _conflict(exc) if isinstance(exc, psycopg.errors.IntegrityError) else exc
 
 
 @contextlib.contextmanager
@@ -219,10 +223,7 @@ def translate_errors():
     try:
         yield
     except (sa_exc.IntegrityError, psycopg.errors.IntegrityError) as exc:
-        # The checks in the use cases run first; this is the database's last word.
-        diag = getattr(getattr(exc, "orig", exc), "diag", None)
-        constraint = getattr(diag, "constraint_name", None) or "a constraint"
-        raise FailedPrecondition(f"the change conflicts with the current state ({constraint})") from None
+        raise _conflict(exc) from None
     except (sa_exc.TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError,
             psycopg.InterfaceError, OSError) as exc:
         log.warning("database unavailable", extra={"error": type(exc).__name__})
