@@ -84,6 +84,39 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, user + system CPU seconds) of every process now (Linux /proc)."""
+    table = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone since the listing
+                continue
+            table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+def cpu_by_role(roles: dict[str, tuple[int, bool]]) -> dict[str, float]:
+    """CPU seconds so far of each role: name -> (pid, with its descendants?). A process that
+    ended since the last reading is missing from the next: read often enough to compare."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found = {}
+    for name, (pid, tree) in roles.items():
+        todo, total = [pid], 0.0
+        while todo:
+            current = todo.pop()
+            total += table.get(current, (0, 0.0))[1]
+            if tree:
+                todo.extend(children.get(current, ()))
+        found[name] = total
+    return found
+
+
 async def _latencies(call, in_flight: int, seconds: float, warmup: float) -> tuple[list[float], int]:
     """(latencies after the warm-up, calls made in all)."""
     latencies: list[float] = []

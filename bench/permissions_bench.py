@@ -7,12 +7,21 @@ Sections (the README, "Tests and benchmarks", says the same for readers of the t
   `grant_access_one_writer` is GrantAccess by one gRPC client; the three in
   rotation. Target: GrantAccess's p50 at most 1.5x the floor's. Its p50 less
   the floor's and the echo's is what the service itself adds.
+  `write_bound_grpc` is the floor's transaction behind a bare gRPC method on the same
+  runner, TLS and interceptor (bench/write_bound_server.py): the least any gRPC
+  service in this runtime takes for that write. GrantAccess's `p50_x_bound` is what
+  the permissions service's own work costs on top of it.
 - closed_loop: 1, 8, 32 and 128 writers, each issuing GrantAccess back to back;
   `rate_x_one_writer` is rate(N)/rate(1), target at least 10 at 32. During the
   32-writer run one writer in 4 revokes each grant it made, and two more rows come
   from that run: commit-to-JetStream lag (the envelope's occurred_at to this
   process's subscriber) and revocation-visible (RevokeAccess's answer, revision R,
   to the access service's WaitForRevision(R) returning: from then on Unlock sees it).
+  `cpu_per_write@32` is the CPU time each process spent per accepted write in that run
+  (user + system, each with its children, the relay being the permissions service's
+  child; over the whole run, warm-up writes counted too):
+  on a machine whose cores all of them share, `cores / total` is the most writes per
+  second it can take, whatever the service does with its waits.
 - open_loop_ramp: a write starts every 1/rate s whatever the others are doing,
   at each offered rate; refusals (RESOURCE_EXHAUSTED) must come fast
   (p99 under 50 ms) and no write may time out, be UNAVAILABLE or fail otherwise.
@@ -30,6 +39,7 @@ import asyncio
 import functools
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -45,7 +55,16 @@ from latchkey.permissions.v1 import permissions_pb2_grpc
 from nats.js.api import DeliverPolicy
 
 from bench.echo_server import ECHO
-from bench.harness import aio_channel, interleaved, percentile, start_module, start_services, tls
+from bench.harness import (
+    aio_channel,
+    cpu_by_role,
+    interleaved,
+    percentile,
+    start_module,
+    start_services,
+    tls,
+)
+from bench.write_bound_server import GRANT
 from bench.write_floor import WriteFloor
 from bench.write_load import MAX_RETRY_WAIT_S, Outcomes, closed_loop, open_loop, retry_delay
 from devstack.stack import free_port
@@ -65,17 +84,20 @@ LAG_DRAIN_S = SETTLE_S = 30.0
 IMPORT_USERS = 50_000
 IMPORT_TIMEOUT_S = 150.0
 COLUMNS = ("offered_per_s", "rate_per_s", "rate_x_floor", "rate_x_one_writer", "p50_ms", "p99_ms", "p50_x_floor",
-           "calls", "wall_s", "refused", "refused_p99_ms", "timeouts_unavailable", "other_errors", "target", "note")
+           "p50_x_bound", "cpu_ms_per_write", "calls", "wall_s", "refused", "refused_p99_ms", "timeouts_unavailable", "other_errors", "target", "note")
 CLI = (sys.executable, "-c", "from ops.cli import main; main()")
+CPU_AT = 32
 
 
-async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
+async def run(stack_urls, pki_dir: Path, state_dir: Path, stack=None) -> dict:
     services = start_services(stack_urls, pki_dir, state_dir, names=("permissions", "access"),
                               extra_env={"LATCHKEY_ACCESS_WORKERS": "1"})  # two cores: leave them to writes
     nc = await nats.connect(stack_urls.nats_url)
     lag = JetStreamLag()
     echo_port = free_port()
     echo = start_module("bench.echo_server", services.env, echo_port)
+    bound_port = free_port()
+    bound = start_module("bench.write_bound_server", services.env, bound_port)
     floor = await WriteFloor.connect(stack_urls.postgres_dsn)
     try:
         js = nc.jetstream()
@@ -85,11 +107,13 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
                            ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
         async with aio_channel(services.targets["permissions"], tls(pki_dir, "admin")) as pch, \
                 aio_channel(services.targets["access"], tls(pki_dir, "admin")) as ach, \
-                aio_channel(f"localhost:{echo_port}", tls(pki_dir, "admin")) as ech:
+                aio_channel(f"localhost:{echo_port}", tls(pki_dir, "admin")) as ech, \
+                aio_channel(f"localhost:{bound_port}", tls(pki_dir, "admin")) as bch:
             bench = WriteBench(permissions_pb2_grpc.PermissionsServiceStub(pch),
-                               access_pb2_grpc.AccessServiceStub(ach), lag)
+                               access_pb2_grpc.AccessServiceStub(ach), lag, roles(services, stack))
             await bench.seed()
-            sections = {"floor_and_one_writer": await bench.against_floor(floor, ech.unary_unary(ECHO)),
+            sections = {"floor_and_one_writer": await bench.against_floor(
+                            floor, ech.unary_unary(ECHO), bch.unary_unary(GRANT)),
                         "closed_loop": await bench.closed_loops(),
                         "bulk": {**await bench.batches(),
                                  f"import_{IMPORT_USERS}_users": await bench.import_users(services.env, state_dir)},
@@ -97,8 +121,9 @@ async def run(stack_urls, pki_dir: Path, state_dir: Path) -> dict:
                         # abandoned writes for a while after their callers gave up.
                         "open_loop_ramp": await bench.ramp()}
     finally:
-        echo.terminate()
-        echo.wait(timeout=15)
+        for module in (echo, bound):
+            module.terminate()
+            module.wait(timeout=15)
         await floor.close()
         await nc.close()
         services.stop()
@@ -132,9 +157,21 @@ class JetStreamLag:
                 pass  # the row then counts fewer events than writes: visible in `calls`
 
 
+def roles(services, stack) -> dict[str, tuple[int, bool]]:
+    """The processes a write runs through, for `cpu_by_role`: name -> (pid, with descendants?)."""
+    found = {"permissions": (services.procs["permissions"].pid, False),
+             "permissions_and_relay": (services.procs["permissions"].pid, True),
+             "access": (services.procs["access"].pid, True), "bench_client": (os.getpid(), False)}
+    if stack is not None:  # run from `python -m bench`: the stack's own servers too
+        found["postgres"] = (stack.status()["postgres"]["pid"], True)
+        found["nats"] = (stack.pid("nats"), True)
+    return found
+
+
 class WriteBench:
-    def __init__(self, admin, access, lag: JetStreamLag) -> None:
+    def __init__(self, admin, access, lag: JetStreamLag, cpu_roles: dict[str, tuple[int, bool]]) -> None:
         self.admin, self.access, self.lag = admin, access, lag
+        self.cpu_roles = cpu_roles
         self.pairs: itertools.cycle = itertools.cycle(())
 
     async def seed(self) -> None:
@@ -165,7 +202,7 @@ class WriteBench:
     async def grant(self) -> pm.GrantAccessResponse:
         return await self.admin.GrantAccess(self.grant_request(), timeout=DEADLINE_S)
 
-    async def against_floor(self, floor: WriteFloor, echo) -> dict:
+    async def against_floor(self, floor: WriteFloor, echo, bound) -> dict:
         payload = self.grant_request().SerializeToString()  # the size of a GrantAccess request
 
         async def bare(_: int) -> None:
@@ -174,11 +211,15 @@ class WriteBench:
         async def grpc_echo(_: int) -> None:
             await echo(payload, timeout=DEADLINE_S)
 
+        async def write_bound(_: int) -> None:
+            await bound(self.grant_request().SerializeToString(), timeout=DEADLINE_S)
+
         async def one_writer(_: int) -> None:
             await self.grant()
 
         measured = await interleaved({"write_floor_psycopg": bare, "grpc_echo": grpc_echo,
-                                      "grant_access_one_writer": one_writer}, 1, FLOOR_SECONDS, rounds=4)
+                                      "write_bound_grpc": write_bound, "grant_access_one_writer": one_writer},
+                                     1, FLOOR_SECONDS, rounds=4)
         rows = {name: {"rate_per_s": r["rps"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "calls": r["calls"]}
                 for name, r in measured.items()}
         rows["grant_access_one_writer"]["target"] = "p50 <= 1.5x floor"
@@ -225,11 +266,15 @@ class WriteBench:
 
         self.lag.lags.clear()
         self.lag.collecting = revoking
+        cpu_before = cpu_by_role(self.cpu_roles) if writers == CPU_AT else {}
         outcomes = await closed_loop(writer, writers, LOOP_SECONDS)
+        cpu_used = {name: cpu_by_role(self.cpu_roles)[name] - was for name, was in cpu_before.items()}
         await asyncio.gather(*waits)
         await self.lag.until(last_revision)
         self.lag.collecting = False
         rows = {f"grant_access@{writers}": outcomes.row(LOOP_SECONDS)}
+        if cpu_used:
+            rows[f"cpu_per_write@{writers}"] = cpu_row(cpu_used, outcomes.succeeded)
         if revoking:
             lags = self.lag.lags
             rows[f"commit_to_jetstream_lag@{writers}"] = {
@@ -316,6 +361,18 @@ class WriteBench:
                 "note": "users/s; the CLI's start-up included"}
 
 
+def cpu_row(used: dict[str, float], writes: int) -> dict:
+    """CPU ms per accepted write, by process and in all; what the machine's cores allow at that."""
+    used = dict(used)
+    used["relay"] = used.pop("permissions_and_relay") - used["permissions"]
+    per_write = {name: seconds * 1e3 / writes for name, seconds in used.items()} if writes else {}
+    total = sum(per_write.values())
+    cores = os.cpu_count() or 1
+    return {"cpu_ms_per_write": total, "calls": writes,
+            "note": " ".join(f"{name}={ms:.2f}" for name, ms in sorted(per_write.items(), key=lambda x: -x[1]))
+            + (f"; {cores} cores / {total:.2f} ms = at most {cores / total * 1e3:.0f} writes/s" if total else "")}
+
+
 def not_measured(why: str) -> dict:
     """A bulk row the measured tree cannot give: the same keys, each "n/a", and why."""
     return {**dict.fromkeys(("rate_per_s", "rate_x_floor", "p50_ms", "p99_ms", "p50_x_floor", "calls", "wall_s"),
@@ -325,6 +382,7 @@ def not_measured(why: str) -> dict:
 def with_ratios(sections: dict) -> dict:
     """Each rate and p50 as a multiple of the floor's; closed-loop rates also of one writer's."""
     floor = sections["floor_and_one_writer"]["write_floor_psycopg"]
+    bound = sections["floor_and_one_writer"].get("write_bound_grpc", {}).get("p50_ms")
     one = sections["closed_loop"].get("grant_access@1", {}).get("rate_per_s")
     for section in sections.values():
         for name, row in section.items():
@@ -335,6 +393,8 @@ def with_ratios(sections: dict) -> dict:
                 ratios["rate_x_one_writer"] = row["rate_per_s"] / one
             if isinstance(row.get("p50_ms"), float) and floor["p50_ms"]:
                 ratios["p50_x_floor"] = row["p50_ms"] / floor["p50_ms"]
+            if name == "grant_access_one_writer" and bound:
+                ratios["p50_x_bound"] = row["p50_ms"] / bound
             row.update(ratios)
             if "target" in row:
                 row["target"] = f"{row['target']}: {'met' if met(name, row) else 'NOT met'}"

@@ -41,6 +41,8 @@ class Outcomes:
     """Every failure by status code name, refusals included."""
     first_detail: dict[str, str] = field(default_factory=dict)
     """Status code name -> the details of its first failure."""
+    succeeded: int = 0
+    """Accepted writes, warm-up included (the span a CPU reading around the whole load covers)."""
 
     async def attempt(self, write: Callable[[], Awaitable[T]], record: bool = True) -> T | None:
         """Run one write; its answer, or None when it failed. `record=False`: a warm-up write."""
@@ -56,6 +58,7 @@ class Outcomes:
             if self.honour_retry_info and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 await asyncio.sleep(min(retry_delay(exc), MAX_RETRY_WAIT_S))
             return None
+        self.succeeded += 1
         if record:
             self.accepted.append(time.perf_counter() - t0)
         return answer
