@@ -41,8 +41,7 @@ def build(settings: PermissionsSettings | None = None) -> PermissionsApp:
     """Build (not connect): connections open lazily when the server starts."""
     settings = settings or PermissionsSettings.from_env()
     db = Database(settings.postgres_dsn, settings.pool_size, max_group=settings.write_group_max,
-                  queue_budget_s=settings.write_queue_budget_ms / 1000,
-                  loop_lag_budget_s=settings.write_loop_lag_budget_ms / 1000)
+                  queue_budget_s=settings.write_queue_budget_ms / 1000)
     relay = OutboxRelay(settings.postgres_dsn, settings.bus, batch=settings.relay_batch,
                         poll_seconds=settings.relay_poll_seconds)
     hmac_key = secret_hash.load_hmac_key()

@@ -31,9 +31,6 @@ class PermissionsSettings:
     write_queue_budget_ms: int = 1000
     """LATCHKEY_WRITE_QUEUE_BUDGET_MS: a write that would wait longer than this for the database is
     refused at once with RESOURCE_EXHAUSTED and a retry delay."""
-    write_loop_lag_budget_ms: int = 20
-    """LATCHKEY_WRITE_LOOP_LAG_BUDGET_MS: writes are refused the same way while the service's event
-    loop runs this late and the service itself keeps a CPU busy."""
     relay_mode: str = "task"
     """LATCHKEY_OUTBOX_RELAY: `process` (the environment's default): `python -m services.permissions`
     runs the relay in a child process of its own, off the request loop; `task`: in the server's
@@ -57,7 +54,6 @@ class PermissionsSettings:
             relay_batch=env_int("LATCHKEY_OUTBOX_BATCH", 256, minimum=1),
             write_group_max=env_int("LATCHKEY_WRITE_GROUP_MAX", 32, minimum=1, maximum=32),
             write_queue_budget_ms=env_int("LATCHKEY_WRITE_QUEUE_BUDGET_MS", 1000, minimum=1),
-            write_loop_lag_budget_ms=env_int("LATCHKEY_WRITE_LOOP_LAG_BUDGET_MS", 20, minimum=1),
             relay_mode=relay_mode(),
         )
 

@@ -234,7 +234,7 @@ class Database:
     """`ports.UnitOfWorkFactory`: owns the engine; hands out units of work."""
 
     def __init__(self, dsn: str, pool_size: int = 10, *, max_group: int = 32,
-                 queue_budget_s: float = 1.0, loop_lag_budget_s: float = 0.02) -> None:
+                 queue_budget_s: float = 1.0) -> None:
         # Statements go to psycopg directly, so SQLAlchemy never sees a disconnect and
         # never discards the dead connections a database restart leaves in the pool:
         # without a check, each failed one write in turn. The pre-ping (one round trip,
@@ -250,9 +250,7 @@ class Database:
         # per-backend cache of 64, past which every snapshot taken anywhere gets slower.
         if not 1 <= max_group <= MAX_GROUP:
             raise ValueError(f"max_group must be 1..{MAX_GROUP}, not {max_group}")
-        self.writes = write_queue.WriteQueue(self._run_group, max_group=max_group, budget_s=queue_budget_s,
-                                             loop_lag=write_queue.LoopLag(),
-                                             loop_lag_budget_s=loop_lag_budget_s)
+        self.writes = write_queue.WriteQueue(self._run_group, max_group=max_group, budget_s=queue_budget_s)
         # The write groups run one at a time, so they keep one connection of their own: no pool
         # checkout or pre-ping per transaction. A connection that failed is dropped, and the next
         # group opens a new one (a database restart costs only the group in flight).
