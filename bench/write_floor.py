@@ -25,14 +25,8 @@ from access_rules.codec import to_event
 from access_rules.rules import PairAccess, Rule
 from latchkit import envelope
 from services.permissions.adapters.postgres import BEGIN_AND_TAKE_REVISION, OUTBOX_INSERT, _pyformat
-from services.permissions.adapters.postgres_store import ACCESS_SQL, GRANT_COLS
+from services.permissions.adapters.postgres_store import ACCESS_SQL, INSERT_GRANT
 
-# As postgres_store.insert_grant sends it for a grant to a user (no group, no schedule).
-INSERT_GRANT = (
-    "INSERT INTO grants (grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id, create_time) "
-    "VALUES (CAST(%(g)s AS uuid), CAST(NULLIF(%(u)s, '') AS uuid), CAST(NULLIF(%(gr)s, '') AS uuid), "
-    "CAST(%(d)s AS uuid), %(vf)s, %(vu)s, CAST(NULLIF(%(s)s, '') AS uuid), %(t)s) "
-    f"RETURNING {GRANT_COLS}")
 ACTOR = "spiffe://latchkey/role/admin"
 
 
@@ -56,7 +50,7 @@ class WriteFloor:
                 await cur.execute(BEGIN_AND_TAKE_REVISION)  # round trip 1
                 cur.nextset()
                 revision = _required(await cur.fetchone())["revision"]
-                await cur.execute(INSERT_GRANT, {  # round trip 2
+                await cur.execute(_pyformat(INSERT_GRANT), {  # round trip 2: to a user, no schedule
                     "g": str(uuid.uuid4()), "u": user_id, "gr": "", "d": door_id, "vf": None, "vu": None,
                     "s": "", "t": dt.datetime.now(dt.UTC)})
                 grant = _required(await cur.fetchone())

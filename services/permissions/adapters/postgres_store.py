@@ -89,6 +89,15 @@ input AS (
          END AS missing
     FROM input
 )"""
+# One new grant (GrantAccess, and any list of one): a plain insert whose foreign keys check the
+# references, less than half the database time of the checked list statement above. A missing
+# reference fails it with the foreign key that names the field (GRANT_REFERENCES).
+INSERT_GRANT = (
+    "INSERT INTO grants (grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id, create_time) "
+    "VALUES (CAST(:g AS uuid), CAST(NULLIF(:u, '') AS uuid), CAST(NULLIF(:gr, '') AS uuid), "
+    "CAST(:d AS uuid), :vf, :vu, CAST(NULLIF(:s, '') AS uuid), :t) "
+    f"RETURNING {GRANT_COLS}")
+GRANT_REFERENCES = {f"grants_{field}_fkey": field for field in ("user_id", "group_id", "door_id", "schedule_id")}
 INSERT_GRANTS = f"""
 WITH {GRANT_INPUT}
 INSERT INTO grants (grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id, create_time)
@@ -344,6 +353,8 @@ class PostgresPermissionsStore:
         return Grant(**row) if row else None
 
     async def insert_grants(self, grants: list[Grant]) -> list[Grant]:
+        if len(grants) == 1:
+            return [await self._insert_grant(grants[0])]
         params = {
             "ids": [g.grant_id for g in grants], "users": [g.user_id or None for g in grants],
             "groups": [g.group_id or None for g in grants], "doors": [g.door_id for g in grants],
@@ -356,6 +367,17 @@ class PostgresPermissionsStore:
             first = await self.uow.row_required(FIRST_MISSING_REFERENCE, **params)
             raise MissingReference(first["field"], first["i"] - 1)
         return _in_order(grants, rows, "grant_id", Grant)
+
+    async def _insert_grant(self, g: Grant) -> Grant:
+        try:
+            row = await self.uow.row_required(INSERT_GRANT, g=g.grant_id, u=g.user_id, gr=g.group_id, d=g.door_id,
+                                              vf=g.valid_from, vu=g.valid_until, s=g.schedule_id, t=g.create_time)
+        except ForeignKeyViolation as exc:
+            field = GRANT_REFERENCES.get(exc.constraint)
+            if field is None:
+                raise
+            raise MissingReference(field, 0) from None
+        return Grant(**row)
 
     async def revoke_grants(self, grant_ids: list[str], at: dt.datetime) -> list[Grant]:
         rows = await self.uow.rows(f"UPDATE grants SET revoked = true, revoke_time = :t "
