@@ -4,13 +4,12 @@ Sections (the README, "Tests and benchmarks", says the same for readers of the t
 - floor_and_one_writer: `write_floor_psycopg` is one GrantAccess's transaction
   sent by a bare psycopg client (bench/write_floor.py); `grpc_echo` a bare RPC of
   a GrantAccess request's size on the same runner and TLS (bench/echo_server.py);
-  `grant_access_one_writer` is GrantAccess by one gRPC client; the three in
-  rotation. Target: GrantAccess's p50 at most 1.5x the floor's. Its p50 less
-  the floor's and the echo's is what the service itself adds.
-  `write_bound_grpc` is the floor's transaction behind a bare gRPC method on the same
+  `write_bound_grpc` the floor's transaction behind a bare gRPC method on the same
   runner, TLS and interceptor (bench/write_bound_server.py): the least any gRPC
-  service in this runtime takes for that write. GrantAccess's `p50_x_bound` is what
-  the permissions service's own work costs on top of it.
+  service in this runtime takes for that write; `grant_access_one_writer` is
+  GrantAccess by one gRPC client; the four in rotation. Target: GrantAccess's p50
+  at most 1.5x the floor's. Its `p50_x_bound` is what the permissions service's
+  own work costs on top of the bound.
 - closed_loop: 1, 8, 32 and 128 writers, each issuing GrantAccess back to back;
   `rate_x_one_writer` is rate(N)/rate(1), target at least 10 at 32. During the
   32-writer run one writer in 4 revokes each grant it made, and two more rows come
@@ -84,7 +83,8 @@ LAG_DRAIN_S = SETTLE_S = 30.0
 IMPORT_USERS = 50_000
 IMPORT_TIMEOUT_S = 150.0
 COLUMNS = ("offered_per_s", "rate_per_s", "rate_x_floor", "rate_x_one_writer", "p50_ms", "p99_ms", "p50_x_floor",
-           "p50_x_bound", "cpu_ms_per_write", "calls", "wall_s", "refused", "refused_p99_ms", "timeouts_unavailable", "other_errors", "target", "note")
+           "p50_x_bound", "cpu_ms_per_write", "calls", "wall_s", "refused", "refused_p99_ms", "timeouts_unavailable",
+           "other_errors", "target", "note")
 CLI = (sys.executable, "-c", "from ops.cli import main; main()")
 CPU_AT = 32
 
