@@ -28,7 +28,10 @@ COLUMNS = ("external_id", "display_name", "email", "door_ids")
 REQUIRED = ("external_id", "display_name")
 MAX_CHARS = {"external_id": 200, "display_name": 200, "email": 320}  # the server's limits (permissions.proto)
 MAX_BATCH = 1000
-RETRIED = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+# CANCELLED too: this command never cancels a call, so a CANCELLED comes from the server's gRPC,
+# which drops calls it could not take in when the service is past capacity. Every batch carries its
+# request_id, so a retry of one that did run is answered from the stored answer, not applied twice.
+RETRIED = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED")
 MAX_RETRY_WAIT = 30.0
 REQUEST_OVERHEAD = 128  # a batch request's own fields (its request_id) next to its items
 
@@ -341,7 +344,7 @@ def _batches(items: list[tuple[Any, str, str]], max_bytes: int) -> Iterator[list
 
 def _call(method, request, timeout: float, attempts: int):
     """The call, retried with the same request (so the same request_id) while the server is unavailable
-    or overloaded: the server's RetryInfo delay if it gives one, else an exponential backoff."""
+    or overloaded (`RETRIED`): the server's RetryInfo delay if it gives one, else an exponential backoff."""
     import grpc
 
     backoff = 0.2

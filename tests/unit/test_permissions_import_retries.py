@@ -104,6 +104,16 @@ def test_an_unavailable_server_is_retried_with_backoff_until_it_answers(server, 
     assert [name for name, _ in scripted.calls] == ["BatchCreateUsers"] * 4 + ["BatchGrantAccess"]
 
 
+def test_a_call_the_server_cancelled_is_retried_with_the_same_request_id(server, users_csv):
+    # What a service past capacity answers for calls its gRPC dropped before the service took them in.
+    scripted, stub = server
+    scripted.failures = [None, (grpc.StatusCode.CANCELLED, "Cancelled", None)]
+    summary = import_file(users_csv, stub, chunk_size=4)
+    users, grant, retry = scripted.calls
+    assert users[0] == "BatchCreateUsers" and grant == retry and grant[0] == "BatchGrantAccess"
+    assert (summary.users_created, summary.grants_created) == (4, 4)
+
+
 def test_the_import_gives_up_after_its_attempts_and_records_nothing(server, users_csv):
     scripted, stub = server
     scripted.failures = [(grpc.StatusCode.UNAVAILABLE, "down", None)] * 2
