@@ -67,6 +67,16 @@ SELECT 'd', '', door_id::text, '', '', NULL, NULL, '', lockdown, time_zone, max_
 """
 
 
+# One new grant (GrantAccess, and any list of one): a plain insert whose foreign keys check the
+# references, less than half the database time of the checked list statement below. A missing
+# reference fails it with the foreign key that names the field (GRANT_REFERENCES).
+INSERT_GRANT = (
+    "INSERT INTO grants (grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id, create_time) "
+    "VALUES (CAST(:g AS uuid), CAST(NULLIF(:u, '') AS uuid), CAST(NULLIF(:gr, '') AS uuid), "
+    "CAST(:d AS uuid), :vf, :vu, CAST(NULLIF(:s, '') AS uuid), :t) "
+    f"RETURNING {GRANT_COLS}")
+GRANT_REFERENCES = {f"grants_{field}_fkey": field for field in ("user_id", "group_id", "door_id", "schedule_id")}
+
 # New grants, given as parallel arrays (one statement for a whole batch). Their references are
 # checked in the same statement, through the primary keys: if any is missing, no row is inserted
 # (and FIRST_MISSING_REFERENCE then names it); the foreign keys stay the last word.
@@ -89,15 +99,6 @@ input AS (
          END AS missing
     FROM input
 )"""
-# One new grant (GrantAccess, and any list of one): a plain insert whose foreign keys check the
-# references, less than half the database time of the checked list statement above. A missing
-# reference fails it with the foreign key that names the field (GRANT_REFERENCES).
-INSERT_GRANT = (
-    "INSERT INTO grants (grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id, create_time) "
-    "VALUES (CAST(:g AS uuid), CAST(NULLIF(:u, '') AS uuid), CAST(NULLIF(:gr, '') AS uuid), "
-    "CAST(:d AS uuid), :vf, :vu, CAST(NULLIF(:s, '') AS uuid), :t) "
-    f"RETURNING {GRANT_COLS}")
-GRANT_REFERENCES = {f"grants_{field}_fkey": field for field in ("user_id", "group_id", "door_id", "schedule_id")}
 INSERT_GRANTS = f"""
 WITH {GRANT_INPUT}
 INSERT INTO grants (grant_id, user_id, group_id, door_id, valid_from, valid_until, schedule_id, create_time)
